@@ -1,0 +1,136 @@
+"""`quantlab bench`: training throughput of methods side by side, as ratios to `float`.
+
+All methods of a model are built first, then timed in interleaved rounds (float, m1, m2, ...,
+float, m1, ...) on the same synthetic batch stream, so that machine noise hits them alike. Each
+measures real optimizer steps through `Trainer.train_step` (forward, penalty, backward, step,
+on_step). Reported: images/s and step time relative to float (median over rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from quantlab.config import compose
+from quantlab.console import console
+
+
+def _build(model: str, method: str, args: argparse.Namespace, tmp: Path):
+    from hydra.utils import instantiate
+
+    from quantlab.trainer import Trainer
+
+    name, _, bitwidth = method.partition(":")
+    overrides = [
+        f"model={model}",
+        "dataset=synthetic",
+        f"dataset.shape=[{args.channels},{args.image_size},{args.image_size}]",
+        f"dataset.num_classes={args.num_classes}",
+        f"dataset.num_train={args.batch_size * 4}",
+        "dataset.num_val=0",
+        f"dataset.num_test={args.batch_size}",
+        f"method={name}",
+        f"schedule.batch_size={args.batch_size}",
+        f"device={args.device}",
+        *([f"bitwidth={bitwidth}"] if bitwidth else []),
+        *args.overrides,
+    ]
+    cfg = compose(overrides)
+    torch.manual_seed(0)
+    trainer = Trainer(instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset), cfg, tmp / method)
+    trainer.model.train()
+    return trainer
+
+
+def _time_steps(trainer, steps: int) -> float:
+    batches = []
+    while len(batches) < steps:
+        batches += list(trainer.train_loader.iterate(len(batches)))
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+    sync()
+    started = time.perf_counter()
+    for x, y in batches[:steps]:
+        trainer.train_step(x, y)
+        trainer.clock.step += 1
+    sync()
+    return (time.perf_counter() - started) / steps
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    methods = args.methods if args.methods[0] == "float" else ["float", *args.methods]
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.model:
+            trainers = {m: _build(model, m, args, Path(tmp)) for m in methods}
+            for m, trainer in trainers.items():  # warm-up: allocator, autotuning, lazy init
+                _time_steps(trainer, args.warmup)
+            times: dict[str, list[float]] = {m: [] for m in methods}
+            for _ in range(args.rounds):
+                for m, trainer in trainers.items():
+                    times[m].append(_time_steps(trainer, args.steps))
+            base = statistics.median(times["float"])
+            for m in methods:
+                t = statistics.median(times[m])
+                rows.append(
+                    {
+                        "model": model,
+                        "method": m,
+                        "batch_size": args.batch_size,
+                        "device": str(trainers[m].device),
+                        "step_ms": 1000 * t,
+                        "images_per_s": args.batch_size / t,
+                        "ratio_to_float": t / base,
+                    }
+                )
+            del trainers
+    return rows
+
+
+def print_rows(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title="quantlab bench — training step time, side by side")
+    for col in ("model", "method", "device", "batch", "ms/step", "images/s", "× float"):
+        table.add_column(col, justify="right" if col not in ("model", "method", "device") else "left")
+    for r in rows:
+        table.add_row(
+            r["model"], r["method"], r["device"], str(r["batch_size"]),
+            f"{r['step_ms']:.1f}", f"{r['images_per_s']:.1f}", f"{r['ratio_to_float']:.2f}x",
+        )
+    console.print(table)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="quantlab bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", nargs="+", default=["resnet18"], help="model options (conf/model)")
+    p.add_argument("--methods", nargs="+", default=["float"], help="method options, `name` or `name:bitwidth`")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per method per round")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. trainer.amp=true")
+    args = p.parse_args(argv)
+    for field in ("batch_size", "steps", "rounds", "image_size", "channels", "num_classes"):
+        if getattr(args, field) <= 0:
+            p.error(f"--{field.replace('_', '-')}={getattr(args, field)}: must be > 0")
+    return args
+
+
+def main() -> None:
+    args = parse_args(sys.argv[1:])
+    rows = run(args)
+    print_rows(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")

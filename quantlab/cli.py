@@ -1,0 +1,74 @@
+"""The `quantlab` command: subcommands dispatch to their Hydra apps (or argparse for `bench`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+USAGE = """usage: quantlab <command> [overrides ...]
+
+commands:
+  train    train a model with a quantization method, export it, evaluate float and exported
+           (Hydra app: `quantlab train --help` lists the config groups; `-m` runs a grid)
+  bench    training throughput of methods side by side, as ratios to `float`
+
+examples:
+  quantlab train                                   # the embedded default: digits, small_cnn, float
+  quantlab train model=lenet5 schedule.epochs=5
+  quantlab train -m method=float seed=0,1,2        # a multirun grid
+  quantlab train resume=outputs/train/<run>        # continue an interrupted run
+  quantlab bench --model resnet18 --methods float
+"""
+
+COMMANDS = {"train": "quantlab.train", "bench": "quantlab.bench"}
+
+
+def _fail(message: str) -> None:
+    print(f"quantlab: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _value(args: list[str], key: str) -> str | None:
+    for arg in args:
+        if arg.startswith(f"{key}=") or arg.startswith(f"+{key}=") or arg.startswith(f"++{key}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _train_args(args: list[str]) -> list[str]:
+    """Checks that must happen before Hydra creates or writes into a run directory."""
+    multirun = "-m" in args or "--multirun" in args
+    resume = _value(args, "resume")
+    if resume:
+        if multirun:
+            _fail("resume=... continues one run; it cannot be combined with -m/--multirun")
+        run_dir = Path(resume).expanduser().resolve()
+        if not (run_dir / "checkpoints" / "last.pt").is_file() or not (run_dir / ".hydra" / "config.yaml").is_file():
+            _fail(f"resume={resume}: not a run directory with checkpoints/last.pt and .hydra/config.yaml")
+        # Continue in the run's own directory, and keep its .hydra/ (the original config) untouched.
+        args = [a for a in args if not a.startswith("resume=")]
+        return [*args, f"resume={run_dir}", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+    run_dir = _value(args, "hydra.run.dir")
+    if run_dir and not multirun and any((Path(run_dir) / m).exists() for m in ("results.json", "checkpoints")):
+        _fail(f"hydra.run.dir={run_dir}: already holds a run; pick a new directory or resume={run_dir}")
+    sweep_dir = _value(args, "hydra.sweep.dir")
+    if sweep_dir and multirun and Path(sweep_dir).is_dir() and any(Path(sweep_dir).iterdir()):
+        _fail(f"hydra.sweep.dir={sweep_dir}: already holds runs; pick a new directory")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        _fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
+    if command == "train" and not ({"-h", "--help", "--hydra-help", "-c", "--cfg", "--info"} & set(rest)):
+        rest = _train_args(rest)
+    import importlib
+
+    module = importlib.import_module(COMMANDS[command])
+    sys.argv = [f"quantlab {command}", *rest]
+    module.main()

@@ -1,0 +1,64 @@
+"""results.json: the contract between a run and `quantlab table` / `quantlab ptq`.
+
+Fields: status ("running" while training, then "completed" or "failed"), error (when failed),
+metrics (final values under the TensorBoard names: test/acc, test/acc_exported, val/acc, ...),
+ptq (one entry per swept bit pair), timing (seconds), overrides (the command-line overrides that
+made the run), and run facts (method, model, dataset, best checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_clean(data), f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per logging event, each with its `step`."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            # Drop what an interrupted run logged after its last checkpoint: it will be logged again.
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self._file = open(path, "a")  # noqa: SIM115 - kept open for the whole run
+
+    def write(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        self._file.write(json.dumps(_clean({"step": step, "epoch": epoch, **values})) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,165 @@
+"""Learning-rate and annealing schedules as small, stateless callables.
+
+Every schedule maps ``(step, epoch) -> float``: ``step`` is the number of optimizer steps taken
+before the current one (0-based) and ``epoch`` the 0-based epoch it belongs to. Being functions of
+the clock alone, they resume exactly from a checkpoint with no state of their own.
+
+Learning-rate schedules return a *factor* that multiplies the optimizer's base learning rate;
+annealing schedules (β, λ) return the value itself.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Protocol
+
+Unit = Literal["step", "epoch"]
+
+
+class Schedule(Protocol):
+    def __call__(self, step: int, epoch: int) -> float: ...
+
+
+def _clock(unit: Unit, step: int, epoch: int) -> int:
+    if unit not in ("step", "epoch"):
+        raise ValueError(f"unit={unit!r}: must be 'step' or 'epoch'")
+    return step if unit == "step" else epoch
+
+
+class Constant:
+    """value, always."""
+
+    def __init__(self, value: float = 1.0) -> None:
+        self.value = float(value)
+
+    def __call__(self, step: int, epoch: int) -> float:
+        return self.value
+
+
+class ExponentialStep:
+    """start · scale^k with k = ⌊t / interval⌋ (+1 when `count_zero`), clipped at `cap`.
+
+    The MD paper's β schedule (β ← β·beta_scale every beta_scale_interval iterations) and its
+    learning-rate rule (lr ← lr·lr_scale every 30k iterations) are both this schedule. The public MD
+    code also multiplies at iteration 0 (`count_zero=True`). `cap` bounds the value in the
+    direction it moves: an upper bound when scale ≥ 1, a lower bound when scale < 1.
+    """
+
+    def __init__(
+        self,
+        start: float = 1.0,
+        scale: float = 1.0,
+        interval: int = 1,
+        cap: float | None = None,
+        unit: Unit = "step",
+        count_zero: bool = False,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError(f"interval={interval}: must be > 0")
+        if scale <= 0:
+            raise ValueError(f"scale={scale}: must be > 0")
+        self.start, self.scale, self.interval = float(start), float(scale), int(interval)
+        self.cap, self.unit, self.count_zero = cap, unit, count_zero
+
+    def __call__(self, step: int, epoch: int) -> float:
+        k = _clock(self.unit, step, epoch) // self.interval + (1 if self.count_zero else 0)
+        # Exponent in logs, clipped, so that huge k saturates at the cap instead of overflowing.
+        value = self.start * math.exp(min(k * math.log(self.scale), 700.0))
+        if self.cap is not None:
+            value = min(value, self.cap) if self.scale >= 1 else max(value, self.cap)
+        return value
+
+
+class MultiStep:
+    """gamma^(number of milestones ≤ t): the classic step decay at listed epochs or steps."""
+
+    def __init__(self, milestones: list[int], gamma: float = 0.1, unit: Unit = "epoch") -> None:
+        self.milestones, self.gamma, self.unit = sorted(int(m) for m in milestones), float(gamma), unit
+
+    def __call__(self, step: int, epoch: int) -> float:
+        t = _clock(self.unit, step, epoch)
+        return self.gamma ** sum(1 for m in self.milestones if t >= m)
+
+
+class Cosine:
+    """final + (1 − final)·½(1 + cos(π·t/total)) for t < total, then `final`."""
+
+    def __init__(self, total: int, final: float = 0.0, unit: Unit = "epoch") -> None:
+        if total <= 0:
+            raise ValueError(f"total={total}: must be > 0")
+        self.total, self.final, self.unit = int(total), float(final), unit
+
+    def __call__(self, step: int, epoch: int) -> float:
+        t = min(_clock(self.unit, step, epoch), self.total)
+        return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * t / self.total))
+
+
+class LinearWarmup:
+    """Linear warmup from `start_factor` to 1 over `warmup` units, multiplied by `after` (default 1).
+
+    factor(t) = (start_factor + (1 − start_factor)·t / warmup) · after(t) for t < warmup, after(t) later
+    (Goyal et al.'s gradual warmup, used by the MD paper's ImageNet runs).
+    """
+
+    def __init__(
+        self, warmup: int, start_factor: float = 0.0, after: Schedule | None = None, unit: Unit = "epoch"
+    ) -> None:
+        self.warmup, self.start_factor, self.after, self.unit = int(warmup), float(start_factor), after, unit
+
+    def __call__(self, step: int, epoch: int) -> float:
+        t = _clock(self.unit, step, epoch)
+        base = self.after(step, epoch) if self.after is not None else 1.0
+        if self.warmup <= 0 or t >= self.warmup:
+            return base
+        return (self.start_factor + (1.0 - self.start_factor) * t / self.warmup) * base
+
+
+class LinearRamp:
+    """start → end linearly between t = begin and t = end_at; flat outside."""
+
+    def __init__(
+        self, start: float = 0.0, end: float = 1.0, begin: int = 0, end_at: int = 1, unit: Unit = "epoch"
+    ) -> None:
+        if end_at <= begin:
+            raise ValueError(f"end_at={end_at}: must be > begin={begin}")
+        self.start, self.end, self.begin, self.end_at, self.unit = start, end, begin, end_at, unit
+
+    def __call__(self, step: int, epoch: int) -> float:
+        t = _clock(self.unit, step, epoch)
+        frac = min(max((t - self.begin) / (self.end_at - self.begin), 0.0), 1.0)
+        return float(self.start + (self.end - self.start) * frac)
+
+
+class LogEpoch:
+    """scale · log(t) with t the 1-based epoch (Foothill, Sec. 4.1: λ = λ₀·log(t)); 0 in epoch 1."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = float(scale)
+
+    def __call__(self, step: int, epoch: int) -> float:
+        return self.scale * math.log(epoch + 1)
+
+
+class TanhRamp:
+    """scale · ½(1 + tanh((t − center) / width)) — WaveQ's λ_q = 0.5(1 + tanh((epoch − 0.2E)/20))."""
+
+    def __init__(self, scale: float = 1.0, center: float = 0.0, width: float = 1.0, unit: Unit = "epoch") -> None:
+        if width <= 0:
+            raise ValueError(f"width={width}: must be > 0")
+        self.scale, self.center, self.width, self.unit = float(scale), float(center), float(width), unit
+
+    def __call__(self, step: int, epoch: int) -> float:
+        t = _clock(self.unit, step, epoch)
+        return self.scale * 0.5 * (1.0 + math.tanh((t - self.center) / self.width))
+
+
+class OffUntil:
+    """0 before epoch `epoch` (0-based), then `then(step, epoch)` — e.g. a penalty in the last N epochs."""
+
+    def __init__(self, epoch: int, then: Schedule | None = None, value: float = 1.0) -> None:
+        self.epoch, self.then, self.value = int(epoch), then, float(value)
+
+    def __call__(self, step: int, epoch: int) -> float:
+        if epoch < self.epoch:
+            return 0.0
+        return self.then(step, epoch) if self.then is not None else self.value

@@ -1,0 +1,173 @@
+"""`quantlab train`: compose the config, build dataset / model / method, train, test, write results.
+
+The run directory holds .hydra/ (the composed config), tb/, checkpoints/{last,best}.pt,
+exported.pt, metrics.jsonl, train.log and results.json (see quantlab.results).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from quantlab import checkpoint
+from quantlab.config import ConfigError, QuantlabError, config_dir, validate_train_config
+from quantlab.console import console
+from quantlab.results import write_json_atomic
+from quantlab.runlog import RunLog
+
+log = logging.getLogger("quantlab")
+
+RUN_MARKERS = ("results.json", "checkpoints")
+
+
+def existing_run(run_dir: Path) -> bool:
+    """A directory that already holds a run (never overwritten except by resume)."""
+    return any((run_dir / m).exists() for m in RUN_MARKERS)
+
+
+def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _config_diff(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1]} (run: {a!r}, now: {b!r})"]
+
+
+def resume_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictConfig:
+    """The config of the run being resumed; overrides that change it are refused."""
+    saved_path = run_dir / ".hydra" / "config.yaml"
+    if not saved_path.exists() or not (run_dir / "checkpoints" / "last.pt").exists():
+        raise ConfigError(f"resume={run_dir}: no .hydra/config.yaml and checkpoints/last.pt there to resume from")
+    saved = OmegaConf.load(saved_path)
+    now = OmegaConf.to_container(cfg, resolve=False)
+    before = OmegaConf.to_container(saved, resolve=False)
+    now.pop("resume", None)
+    before.pop("resume", None)
+    user = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
+    diff = _config_diff(before, now) if user else []
+    if diff:
+        raise ConfigError(f"resume={run_dir}: settings differ from the run's: {'; '.join(diff[:5])}")
+    with open_dict(saved):
+        saved.resume = str(run_dir)
+    return saved
+
+
+def build(node: DictConfig) -> Any:
+    """instantiate(), with a builder's own check (a ValueError or QuantlabError) as a one-line error."""
+    try:
+        return instantiate(node)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, QuantlabError):
+            raise cause from None
+        if isinstance(cause, ValueError):
+            raise ConfigError(str(cause)) from None
+        raise
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The body of `quantlab train`; returns the results written to results.json."""
+    started = time.perf_counter()
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    overrides = list(hc.overrides.task)
+    resume = cfg.get("resume")
+    if resume:
+        cfg = resume_config(cfg, Path(resume), overrides)
+        saved_overrides = Path(resume) / ".hydra" / "overrides.yaml"
+        if saved_overrides.exists():
+            overrides = list(OmegaConf.load(saved_overrides))
+    elif existing_run(run_dir) and hc.mode == RunMode.RUN:
+        raise ConfigError(f"hydra.run.dir={run_dir}: already holds a run; pick a new directory or resume={run_dir}")
+
+    results: dict[str, Any] = {
+        "status": "running",
+        "run_dir": str(run_dir),
+        "overrides": overrides,
+        "choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")},
+        "metrics": {},
+        "ptq": [],
+        "timing": {},
+    }
+    results_path = run_dir / "results.json"
+    write_json_atomic(results_path, results)
+    runlog = None
+    try:
+        validate_train_config(cfg)
+        checkpoint.seed_everything(int(cfg.seed))
+        data = build(cfg.dataset)
+        model = build(cfg.model)
+        method = build(cfg.method)
+        from quantlab.trainer import Trainer
+
+        last = run_dir / "checkpoints" / "last.pt"
+        resume_step = checkpoint.load(last)["clock"]["step"] if resume else None
+        runlog = RunLog(run_dir, resume_step)
+        trainer = Trainer(model, method, data, cfg, run_dir, runlog)
+        if resume:
+            trainer.load(last)
+            log.info(f"resumed {run_dir} at step {trainer.clock.step}/{trainer.total_steps}")
+        log.info(
+            f"{cfg.method._target_.rsplit('.', 1)[-1]} on {data.name} with {type(model).__name__}: "
+            f"{trainer.epochs} epochs, {trainer.total_steps} steps, device {trainer.device}"
+        )
+        trainer.fit()
+        metrics, _ = trainer.test()
+        runlog.hparams(cfg, metrics)
+        timing = {**trainer.timing, "total_s": time.perf_counter() - started, "steps": trainer.clock.step}
+        timing["step_ms"] = 1000.0 * timing["train_s"] / max(trainer.clock.step - (resume_step or 0), 1)
+        results.update(status="completed", metrics=metrics, timing=timing)
+        write_json_atomic(results_path, results)
+        print_summary(results, run_dir)
+        return results
+    except Exception as e:
+        results.update(status="failed", error=f"{type(e).__name__}: {e}")
+        results["timing"]["total_s"] = time.perf_counter() - started
+        write_json_atomic(results_path, results)
+        raise
+    finally:
+        if runlog is not None:
+            runlog.close()
+
+
+def print_summary(results: dict[str, Any], run_dir: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"quantlab train — {results['status']}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in results["metrics"].items():
+        if key.startswith(("test/", "val/", "train/", "best/")):
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    table.add_row("wall time (s)", f"{results['timing']['total_s']:.1f}")
+    table.add_row("run dir", str(run_dir))
+    console.print(table)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        results = run(cfg)
+    except QuantlabError as e:
+        # One clean line for errors the user can fix. In a multirun the exception goes on to Hydra,
+        # which records the job as failed and runs the other jobs.
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        log.error(f"error: {e}")
+        sys.exit(2)
+    return results["metrics"].get("test/acc_exported")
+
+
+if __name__ == "__main__":
+    main()
