@@ -44,7 +44,9 @@ def _build(model: str, method: str, args: argparse.Namespace, tmp: Path):
     ]
     cfg = compose(overrides)
     torch.manual_seed(0)
-    trainer = Trainer(instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset), cfg, tmp / method)
+    trainer = Trainer(
+        instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset), cfg, tmp / method
+    )
     trainer.model.train()
     return trainer
 
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.model:
             trainers = {m: _build(model, m, args, Path(tmp)) for m in methods}
-            for m, trainer in trainers.items():  # warm-up: allocator, autotuning, lazy init
+            for trainer in trainers.values():  # warm-up: allocator, autotuning, lazy init
                 _time_steps(trainer, args.warmup)
             times: dict[str, list[float]] = {m: [] for m in methods}
             for _ in range(args.rounds):
@@ -101,8 +103,13 @@ def print_rows(rows: list[dict]) -> None:
         table.add_column(col, justify="right" if col not in ("model", "method", "device") else "left")
     for r in rows:
         table.add_row(
-            r["model"], r["method"], r["device"], str(r["batch_size"]),
-            f"{r['step_ms']:.1f}", f"{r['images_per_s']:.1f}", f"{r['ratio_to_float']:.2f}x",
+            r["model"],
+            r["method"],
+            r["device"],
+            str(r["batch_size"]),
+            f"{r['step_ms']:.1f}",
+            f"{r['images_per_s']:.1f}",
+            f"{r['ratio_to_float']:.2f}x",
         )
     console.print(table)
 
@@ -110,7 +117,9 @@ def print_rows(rows: list[dict]) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="quantlab bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", nargs="+", default=["resnet18"], help="model options (conf/model)")
-    p.add_argument("--methods", nargs="+", default=["float"], help="method options, `name` or `name:bitwidth`")
+    p.add_argument(
+        "--methods", nargs="+", default=["float"], help="method options, `name` or `name:bitwidth`"
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--channels", type=int, default=3)

@@ -43,13 +43,20 @@ def _train_args(args: list[str]) -> list[str]:
         if multirun:
             _fail("resume=... continues one run; it cannot be combined with -m/--multirun")
         run_dir = Path(resume).expanduser().resolve()
-        if not (run_dir / "checkpoints" / "last.pt").is_file() or not (run_dir / ".hydra" / "config.yaml").is_file():
+        if (
+            not (run_dir / "checkpoints" / "last.pt").is_file()
+            or not (run_dir / ".hydra" / "config.yaml").is_file()
+        ):
             _fail(f"resume={resume}: not a run directory with checkpoints/last.pt and .hydra/config.yaml")
         # Continue in the run's own directory, and keep its .hydra/ (the original config) untouched.
         args = [a for a in args if not a.startswith("resume=")]
         return [*args, f"resume={run_dir}", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
     run_dir = _value(args, "hydra.run.dir")
-    if run_dir and not multirun and any((Path(run_dir) / m).exists() for m in ("results.json", "checkpoints")):
+    if (
+        run_dir
+        and not multirun
+        and any((Path(run_dir) / m).exists() for m in ("results.json", "checkpoints"))
+    ):
         _fail(f"hydra.run.dir={run_dir}: already holds a run; pick a new directory or resume={run_dir}")
     sweep_dir = _value(args, "hydra.sweep.dir")
     if sweep_dir and multirun and Path(sweep_dir).is_dir() and any(Path(sweep_dir).iterdir()):

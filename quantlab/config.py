@@ -28,7 +28,9 @@ def config_dir() -> str:
         return "pkg://quantlab.conf"
     checkout_conf = Path(__file__).resolve().parent.parent / "conf"
     if not checkout_conf.is_dir():
-        raise QuantlabError(f"quantlab's configs are missing: expected {checkout_conf} or the package quantlab.conf")
+        raise QuantlabError(
+            f"quantlab's configs are missing: expected {checkout_conf} or the package quantlab.conf"
+        )
     return str(checkout_conf)
 
 
@@ -54,7 +56,11 @@ def _check_positive(cfg: DictConfig, key: str, integer: bool) -> None:
     if value is None:
         return
     kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (integer and not isinstance(value, int))
+    ):
         raise ConfigError(f"{key}={value!r}: must be {kind} > 0")
     if value <= 0:
         raise ConfigError(f"{key}={value}: must be {kind} > 0")
@@ -123,4 +129,6 @@ def compose(overrides: list[str] | None = None, config_name: str = "train") -> D
     else:
         ctx = initialize_config_dir(root, version_base="1.3")
     with ctx:
-        return hydra_compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=False)
+        return hydra_compose(
+            config_name=config_name, overrides=list(overrides or []), return_hydra_config=False
+        )

@@ -52,7 +52,11 @@ class MetricsLog:
         self.path = path
         if resume_step is not None and path.exists():
             # Drop what an interrupted run logged after its last checkpoint: it will be logged again.
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= resume_step
+            ]
             path.write_text("".join(line + "\n" for line in kept))
         self._file = open(path, "a")  # noqa: SIM115 - kept open for the whole run
 

@@ -143,7 +143,9 @@ class LogEpoch:
 class TanhRamp:
     """scale · ½(1 + tanh((t − center) / width)) — WaveQ's λ_q = 0.5(1 + tanh((epoch − 0.2E)/20))."""
 
-    def __init__(self, scale: float = 1.0, center: float = 0.0, width: float = 1.0, unit: Unit = "epoch") -> None:
+    def __init__(
+        self, scale: float = 1.0, center: float = 0.0, width: float = 1.0, unit: Unit = "epoch"
+    ) -> None:
         if width <= 0:
             raise ValueError(f"width={width}: must be > 0")
         self.scale, self.center, self.width, self.unit = float(scale), float(center), float(width), unit

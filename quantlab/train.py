@@ -14,14 +14,14 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from quantlab import checkpoint
 from quantlab.config import ConfigError, QuantlabError, config_dir, validate_train_config
-from quantlab.console import console
+from quantlab.console import console, error_line
 from quantlab.results import write_json_atomic
 from quantlab.runlog import RunLog
 
@@ -48,7 +48,9 @@ def resume_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictC
     """The config of the run being resumed; overrides that change it are refused."""
     saved_path = run_dir / ".hydra" / "config.yaml"
     if not saved_path.exists() or not (run_dir / "checkpoints" / "last.pt").exists():
-        raise ConfigError(f"resume={run_dir}: no .hydra/config.yaml and checkpoints/last.pt there to resume from")
+        raise ConfigError(
+            f"resume={run_dir}: no .hydra/config.yaml and checkpoints/last.pt there to resume from"
+        )
     saved = OmegaConf.load(saved_path)
     now = OmegaConf.to_container(cfg, resolve=False)
     before = OmegaConf.to_container(saved, resolve=False)
@@ -89,7 +91,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if saved_overrides.exists():
             overrides = list(OmegaConf.load(saved_overrides))
     elif existing_run(run_dir) and hc.mode == RunMode.RUN:
-        raise ConfigError(f"hydra.run.dir={run_dir}: already holds a run; pick a new directory or resume={run_dir}")
+        raise ConfigError(
+            f"hydra.run.dir={run_dir}: already holds a run; pick a new directory or resume={run_dir}"
+        )
 
     results: dict[str, Any] = {
         "status": "running",
@@ -164,7 +168,8 @@ def main(cfg: DictConfig) -> float | None:
         # which records the job as failed and runs the other jobs.
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
-        log.error(f"error: {e}")
+        logging.getLogger("quantlab").debug("failed", exc_info=True)
+        error_line("quantlab train", e)
         sys.exit(2)
     return results["metrics"].get("test/acc_exported")
 

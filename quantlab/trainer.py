@@ -49,7 +49,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: EpochLoader, top5: bool = False, amp_dtype: torch.dtype | None = None) -> dict:
+def evaluate(
+    model: nn.Module, loader: EpochLoader, top5: bool = False, amp_dtype: torch.dtype | None = None
+) -> dict:
     """Top-1 accuracy (%), mean cross-entropy and, where asked, top-5 accuracy (%) over a loader."""
     was_training = model.training
     model.eval()
@@ -108,7 +110,9 @@ class Trainer:
         eval_bs = int(self.tcfg.get("eval_batch_size") or 2 * bs)
         common = {"device": self.device, "num_workers": workers}
         self.train_loader = make_loader(data.train, bs, train=True, seed=int(cfg.seed), **common)
-        self.val_loader = make_loader(data.val, eval_bs, train=False, **common) if data.val is not None else None
+        self.val_loader = (
+            make_loader(data.val, eval_bs, train=False, **common) if data.val is not None else None
+        )
         self.test_loader = make_loader(data.test, eval_bs, train=False, **common)
 
         self.steps_per_epoch = len(self.train_loader)
@@ -127,7 +131,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp and self.device.type == "cuda")
 
         unit = self.tcfg.get("select_by", "auto")
-        self.select_by = ("val/acc_exported" if method.exported_differs else "val/acc") if unit == "auto" else unit
+        self.select_by = (
+            ("val/acc_exported" if method.exported_differs else "val/acc") if unit == "auto" else unit
+        )
         self.clock = Clock()
         self.last_eval_step: int | None = None
         self.last_logged: dict[str, float] = {}
@@ -210,7 +216,9 @@ class Trainer:
             return
         epoch = clock.epoch
         clock.epoch, clock.batch = epoch + 1, 0
-        if tcfg.eval_unit == "epoch" and (clock.epoch % int(tcfg.eval_every) == 0 or clock.epoch == self.epochs):
+        if tcfg.eval_unit == "epoch" and (
+            clock.epoch % int(tcfg.eval_every) == 0 or clock.epoch == self.epochs
+        ):
             self.validate()
         hist = int(tcfg.get("histogram_every") or 0)
         if self.runlog is not None and hist and clock.epoch % hist == 0:
@@ -278,7 +286,11 @@ class Trainer:
         self._log(values)
         score = self._score(values)
         if self.best is None or score > tuple(self.best["score"]):
-            self.best = {"metric": float(values[self.select_by]), "score": list(score), "step": self.clock.step}
+            self.best = {
+                "metric": float(values[self.select_by]),
+                "score": list(score),
+                "step": self.clock.step,
+            }
             self.save_best(values)
         return values
 
@@ -362,7 +374,9 @@ class Trainer:
             best_values = {**best["metrics"], "best/step": best["step"]}
         started = time.perf_counter()
         top5 = self.data.top5
-        metrics = {f"test/{k}": v for k, v in evaluate(self.model, self.test_loader, top5, self.amp_dtype).items()}
+        metrics = {
+            f"test/{k}": v for k, v in evaluate(self.model, self.test_loader, top5, self.amp_dtype).items()
+        }
         exported = self.method.export(self.model)
         raw = evaluate(exported, self.test_loader, top5, self.amp_dtype)
         metrics.update({f"test/{k}_exported": v for k, v in raw.items()})
@@ -392,7 +406,9 @@ class _Progress:
 
     def update(self, clock: Clock, out: dict[str, Any]) -> None:
         if clock.step % 10 == 0:
-            self.bar.update(self.task, completed=clock.step, epoch=clock.epoch + 1, loss=f"{float(out['loss']):.4f}")
+            self.bar.update(
+                self.task, completed=clock.step, epoch=clock.epoch + 1, loss=f"{float(out['loss']):.4f}"
+            )
 
     def stop(self) -> None:
         self.bar.stop()

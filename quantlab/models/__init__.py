@@ -7,4 +7,14 @@ from quantlab.models.resnet import resnet18
 from quantlab.models.small import lenet5, mlp, small_cnn
 from quantlab.models.vgg import vgg11, vgg16, vgg_small
 
-__all__ = ["alexnet_bn", "lenet5", "mlp", "mobilenetv2", "resnet18", "small_cnn", "vgg11", "vgg16", "vgg_small"]
+__all__ = [
+    "alexnet_bn",
+    "lenet5",
+    "mlp",
+    "mobilenetv2",
+    "resnet18",
+    "small_cnn",
+    "vgg11",
+    "vgg16",
+    "vgg_small",
+]

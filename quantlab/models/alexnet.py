@@ -12,7 +12,9 @@ from torch import nn
 from quantlab.models.layers import check_common, init_weights
 
 
-def _block(cin: int, cout: int, kernel: int, stride: int, pool: bool, bn_affine: bool, bias: bool) -> list[nn.Module]:
+def _block(
+    cin: int, cout: int, kernel: int, stride: int, pool: bool, bn_affine: bool, bias: bool
+) -> list[nn.Module]:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=bias)]
     if pool:
         layers.append(nn.MaxPool2d(3, 2, ceil_mode=True))

@@ -33,6 +33,10 @@ def conv_bn_relu(
 
 
 def check_common(num_classes: int, in_channels: int, image_size: int) -> None:
-    for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)):
+    for name, value in (
+        ("num_classes", num_classes),
+        ("in_channels", in_channels),
+        ("image_size", image_size),
+    ):
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"model.{name}={value!r}: must be an integer > 0")

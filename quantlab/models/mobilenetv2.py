@@ -8,7 +8,15 @@ from torch import nn
 from quantlab.models.layers import check_common, conv_bn_relu, init_weights
 
 # (expansion t, channels c, repeats n, stride s) — the paper's table, second stage at stride 1 for CIFAR.
-CIFAR_PLAN = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+CIFAR_PLAN = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 
 class InvertedResidual(nn.Module):

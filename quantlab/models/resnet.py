@@ -64,7 +64,7 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64, affine=bn_affine)
         self.relu = nn.ReLU(inplace=True)
         cin, stages = 64, []
-        for i, (width, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+        for i, (width, n) in enumerate(zip((64, 128, 256, 512), blocks, strict=True)):
             layers = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1

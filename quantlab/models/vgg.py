@@ -49,7 +49,11 @@ class VGG(nn.Module):
         head: list[nn.Module] = [nn.Flatten()]
         width = channels
         for h in hidden:
-            head += [nn.Linear(width, h, bias=bias), nn.BatchNorm1d(h, affine=bn_affine), nn.ReLU(inplace=True)]
+            head += [
+                nn.Linear(width, h, bias=bias),
+                nn.BatchNorm1d(h, affine=bn_affine),
+                nn.ReLU(inplace=True),
+            ]
             width = h
         head.append(nn.Linear(width, num_classes, bias=bias))
         self.classifier = nn.Sequential(*head)

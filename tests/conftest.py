@@ -1,0 +1,55 @@
+"""Shared helpers: run the `quantlab` CLI in a subprocess as a user would, and find run dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Small and fast: a few epochs of the digits default.
+FAST = ["schedule.epochs=3", "trainer.histogram_every=1"]
+
+
+def cli_env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["QUANTLAB_OUTPUTS"] = str(tmp / "outputs")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.pop("QUANTLAB_DATA", None)
+    env["COLUMNS"] = "200"
+    return env
+
+
+def quantlab(*args: str, cwd: Path, check: bool = True, timeout: float = 300, env: dict | None = None):
+    """Run `python -m quantlab ARGS` from `cwd`; outputs go under cwd/outputs."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "quantlab", *args],
+        cwd=cwd,
+        env=env or cli_env(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"quantlab {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob("results.json"))
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

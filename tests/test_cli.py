@@ -1,0 +1,129 @@
+"""End-to-end: the `quantlab` command as a user runs it (subprocesses, outputs on disk)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import FAST, quantlab, results, run_dirs
+
+
+def test_top_level_help(workdir):
+    out = quantlab("--help", cwd=workdir).stdout
+    assert "train" in out and "bench" in out
+
+
+def test_train_help_lists_groups_and_options(workdir):
+    out = quantlab("train", "--help", cwd=workdir).stdout
+    for group, option in [
+        ("dataset", "digits"),
+        ("model", "resnet18"),
+        ("method", "float"),
+        ("bitwidth", "ternary"),
+        ("schedule", "md_cifar"),
+        ("experiment", "digits_float"),
+    ]:
+        assert group in out and option in out
+
+
+def test_unknown_command(workdir):
+    proc = quantlab("fly", cwd=workdir, check=False)
+    assert proc.returncode != 0 and "train" in proc.stderr
+
+
+def test_default_run_outputs(workdir):
+    proc = quantlab("train", *FAST, cwd=workdir)
+    (run,) = run_dirs(workdir / "outputs")
+    assert run.parent.name == "train"
+    res = results(run)
+    assert res["status"] == "completed" and res["ptq"] == [] and res["overrides"] == FAST
+    m = res["metrics"]
+    for key in ("test/acc", "test/acc_exported", "val/acc", "train/loss", "train/acc"):
+        assert key in m
+    assert m["test/acc"] == m["test/acc_exported"]  # float: export is the network itself
+    assert m["test/acc"] > 50
+    assert {"train_s", "eval_s", "total_s", "steps"} <= set(res["timing"])
+    for path in (
+        ".hydra/config.yaml",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "metrics.jsonl",
+        "train.log",
+        "exported.pt",
+    ):
+        assert (run / path).exists(), path
+    assert "test/acc" in proc.stderr + proc.stdout  # the summary table
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"histograms": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"train/loss", "train/acc", "val/acc", "lr"} <= set(tags["scalars"])
+    assert any(t.startswith("weights/") for t in tags["histograms"])
+    assert acc.PluginTagToContent("hparams"), "hparams missing from TensorBoard"
+    assert "hparam/test/acc" in tags["scalars"]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == res["timing"]["steps"]
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("schedule.epochs=0", "schedule.epochs"),
+        ("schedule.optimizer.lr=-1", "schedule.optimizer.lr"),
+        ("schedule.batch_size=0", "schedule.batch_size"),
+        ("bitwidth.weight_bits=40", "bitwidth.weight_bits"),
+    ],
+)
+def test_bad_values_one_line_error(workdir, override, field):
+    proc = quantlab("train", override, cwd=workdir, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert field in out and "Traceback" not in out
+    error_lines = [line for line in out.splitlines() if "error" in line.lower()]
+    assert len(error_lines) == 1
+    (run,) = run_dirs(workdir / "outputs")
+    res = results(run)
+    assert res["status"] == "failed" and field in res["error"]
+
+
+def test_unknown_option_lists_choices(workdir):
+    proc = quantlab("train", "method=nope", cwd=workdir, check=False)
+    assert proc.returncode != 0
+    assert "float" in proc.stderr and "nope" in proc.stderr
+
+
+def test_missing_dataset_fails_cleanly(workdir):
+    proc = quantlab("train", "dataset=cifar10", cwd=workdir, check=False)
+    assert proc.returncode != 0
+    assert "QUANTLAB_DATA" in proc.stderr and "Traceback" not in proc.stderr
+    (run,) = run_dirs(workdir / "outputs")
+    res = results(run)
+    assert res["status"] == "failed" and "cifar-10-batches-py" in res["error"]
+
+
+def test_existing_run_dir_never_overwritten(workdir):
+    target = workdir / "myrun"
+    quantlab("train", *FAST, f"hydra.run.dir={target}", cwd=workdir)
+    before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    proc = quantlab("train", *FAST, "seed=5", f"hydra.run.dir={target}", cwd=workdir, check=False)
+    assert proc.returncode != 0 and "already holds a run" in proc.stderr
+    after = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_two_job_multirun(workdir):
+    quantlab("train", "-m", *FAST, "seed=0,1", cwd=workdir)
+    runs = run_dirs(workdir / "outputs")
+    assert len(runs) == 2 and all("multirun" in str(r) for r in runs)
+    res = [results(r) for r in runs]
+    assert all(r["status"] == "completed" for r in res)
+    assert sorted(r["overrides"][-1] for r in res) == ["seed=0", "seed=1"]
+    assert res[0]["metrics"]["train/loss"] != res[1]["metrics"]["train/loss"]
+
+
+def test_resume_requires_a_run(workdir):
+    proc = quantlab("train", f"resume={workdir / 'nothing'}", cwd=workdir, check=False)
+    assert proc.returncode != 0 and "checkpoints/last.pt" in proc.stderr

@@ -1,0 +1,153 @@
+"""Each torchvision-backed dataset reads small files written in the real on-disk format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from quantlab.config import QuantlabError, compose
+from quantlab.data import make_loader, split_indices
+from tests.fakedata import WRITERS
+
+# dataset -> (expected train+val size, test size, image shape, classes)
+EXPECT = {
+    "cifar10": (100, 20, (3, 32, 32), 10),
+    "cifar100": (100, 20, (3, 32, 32), 100),
+    "mnist": (60, 20, (1, 28, 28), 10),
+    "fashion_mnist": (60, 20, (1, 28, 28), 10),
+    "svhn": (40, 20, (3, 32, 32), 10),
+    "tinyimagenet": (18, 18, (3, 64, 64), 3),
+    "imagenet": (18, 18, (3, 224, 224), 3),
+}
+
+
+def build(name: str, root: Path, *extra: str):
+    overrides = [f"dataset={name}", f"dataset.root={root}", "dataset.val_size=6", *extra]
+    if name in ("cifar10", "cifar100", "svhn"):
+        overrides.append("dataset.verify=false")  # md5 sums are those of the real downloads
+    return instantiate(compose(overrides).dataset)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECT))
+def test_reads_real_format(name, tmp_path):
+    WRITERS[name](tmp_path)
+    bundle = build(name, tmp_path)
+    n_trainval, n_test, shape, classes = EXPECT[name]
+    assert len(bundle.train) + len(bundle.val) == n_trainval
+    assert len(bundle.val) == 6 and len(bundle.test) == n_test
+    if name not in ("tinyimagenet", "imagenet"):
+        assert bundle.num_classes == classes
+    x, y = bundle.train[0]
+    assert tuple(x.shape) == shape and x.dtype == torch.float32
+    assert 0 <= int(y) < bundle.num_classes
+    xt, _ = bundle.test[0]
+    assert tuple(xt.shape) == shape
+    loader = make_loader(bundle.train, 4, train=True)
+    xb, yb = next(iter(loader))
+    assert tuple(xb.shape) == (4, *shape) and yb.dtype == torch.long
+
+
+def test_cifar_pixels_and_labels_roundtrip(tmp_path):
+    """The first test image comes back with the bytes that were written (before normalization)."""
+    import pickle
+
+    WRITERS["cifar10"](tmp_path)
+    bundle = build("cifar10", tmp_path, "dataset.augment=false")
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        raw = pickle.load(f)
+    x, y = bundle.test[0]
+    mean = torch.tensor([0.4914, 0.4822, 0.4465])[:, None, None]
+    std = torch.tensor([0.2470, 0.2435, 0.2616])[:, None, None]
+    pixels = ((x * std + mean) * 255).round().to(torch.uint8)
+    assert torch.equal(pixels.flatten(), torch.as_tensor(raw["data"][0]))
+    assert int(y) == raw["labels"][0]
+
+
+def test_svhn_label_10_means_zero(tmp_path):
+    WRITERS["svhn"](tmp_path)
+    bundle = build("svhn", tmp_path)
+    labels = {int(bundle.test[i][1]) for i in range(len(bundle.test))}
+    assert labels <= set(range(10))
+
+
+def test_md5_verification_on_by_default(tmp_path):
+    WRITERS["cifar10"](tmp_path)
+    cfg = compose(["dataset=cifar10", f"dataset.root={tmp_path}"])
+    with pytest.raises(Exception, match="cifar-10-batches-py"):
+        instantiate(cfg.dataset)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECT))
+def test_missing_files_one_line_error(name, tmp_path):
+    cfg = compose([f"dataset={name}", f"dataset.root={tmp_path / 'nowhere'}"])
+    with pytest.raises(Exception) as info:
+        instantiate(cfg.dataset)
+    err = info.value.__cause__ if not isinstance(info.value, QuantlabError) else info.value
+    assert isinstance(err, QuantlabError)
+    msg = str(err)
+    assert "\n" not in msg and "dataset.root" in msg and "QUANTLAB_DATA" in msg
+    assert "expected" in msg
+
+
+def test_no_root_names_both_ways(monkeypatch):
+    monkeypatch.delenv("QUANTLAB_DATA", raising=False)
+    with pytest.raises(Exception) as info:
+        instantiate(compose(["dataset=cifar10"]).dataset)
+    assert "QUANTLAB_DATA" in str(info.value.__cause__) and "dataset.download=true" in str(
+        info.value.__cause__
+    )
+
+
+def test_root_from_environment(tmp_path, monkeypatch):
+    WRITERS["mnist"](tmp_path)
+    monkeypatch.setenv("QUANTLAB_DATA", str(tmp_path))
+    bundle = instantiate(compose(["dataset=mnist", "dataset.val_size=10"]).dataset)
+    assert len(bundle.train) == 50
+
+
+def test_validation_split_is_fixed_and_disjoint():
+    a_train, a_val = split_indices(100, 10, seed=0)
+    b_train, b_val = split_indices(100, 10, seed=0)
+    assert torch.equal(a_val, b_val) and torch.equal(a_train, b_train)
+    assert len(set(a_train.tolist()) & set(a_val.tolist())) == 0
+    assert len(a_train) + len(a_val) == 100
+    assert split_indices(100, 0.1, seed=0)[1].tolist() == a_val.tolist()
+    assert not torch.equal(split_indices(100, 10, seed=1)[1], a_val)
+
+
+def test_digits_embedded_splits():
+    bundle = instantiate(compose([]).dataset)
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (1257, 180, 360)
+    assert bundle.train.x.shape[1:] == (1, 8, 8) and bundle.num_classes == 10
+    assert abs(float(bundle.train.x.mean())) < 1e-5  # standardized with training statistics
+
+
+def test_synthetic_any_shape():
+    cfg = compose(
+        ["dataset=synthetic", "dataset.shape=[2,16,16]", "dataset.num_classes=7", "dataset.num_train=64"]
+    )
+    assert cfg.dataset.in_channels == 2 and cfg.dataset.image_size == 16
+    bundle = instantiate(cfg.dataset)
+    assert bundle.train.x.shape == (64, 2, 16, 16) and int(bundle.train.y.max()) < 7
+
+
+def test_resumable_order():
+    bundle = instantiate(compose(["dataset=synthetic", "dataset.num_train=100"]).dataset)
+    loader = make_loader(bundle.train, 8, train=True, seed=3)
+    full = [y for _, y in loader.iterate(epoch=2)]
+    tail = [y for _, y in loader.iterate(epoch=2, start_batch=5)]
+    assert all(torch.equal(a, b) for a, b in zip(full[5:], tail, strict=True)) and len(tail) == len(full) - 5
+    other = [y for _, y in loader.iterate(epoch=3)]
+    assert not all(torch.equal(a, b) for a, b in zip(full, other, strict=True))
+
+
+def test_torch_loader_resumable_order(tmp_path):
+    WRITERS["mnist"](tmp_path)
+    bundle = build("mnist", tmp_path)
+    loader = make_loader(bundle.train, 8, train=True, seed=1)
+    full = [y for _, y in loader.iterate(epoch=1)]
+    tail = [y for _, y in loader.iterate(epoch=1, start_batch=2)]
+    assert all(torch.equal(a, b) for a, b in zip(full[2:], tail, strict=True)) and len(tail) == len(full) - 2

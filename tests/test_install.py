@@ -1,0 +1,48 @@
+"""The installed `quantlab` (a normal, non-editable `pip install .`) works from any directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, results, run_dirs
+
+
+def installed_script() -> Path:
+    script = Path(sys.executable).parent / "quantlab"
+    if not script.exists():
+        pytest.skip("quantlab is not installed in this environment (run `make test` for the full check)")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import quantlab, quantlab.conf; print(quantlab.__file__)"],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    if probe.returncode != 0 or str(REPO) in probe.stdout:
+        pytest.skip("quantlab is installed in editable mode or without its configs")
+    return script
+
+
+def test_installed_cli_runs_outside_checkout(tmp_path):
+    script = installed_script()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "QUANTLAB_OUTPUTS")}
+    help_out = subprocess.run(
+        [str(script), "train", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert help_out.returncode == 0 and "resnet18" in help_out.stdout
+    proc = subprocess.run(
+        [str(script), "train", "-m", "schedule.epochs=1", "seed=0,1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    runs = run_dirs(tmp_path / "outputs")
+    assert len(runs) == 2 and all(results(r)["status"] == "completed" for r in runs)
