@@ -115,12 +115,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         method = build(cfg.method)
         from quantlab.trainer import Trainer
 
-        last = run_dir / "checkpoints" / "last.pt"
-        resume_step = checkpoint.load(last)["clock"]["step"] if resume else None
+        state = checkpoint.load(run_dir / "checkpoints" / "last.pt") if resume else None
+        resume_step = state["clock"]["step"] if state else None
         runlog = RunLog(run_dir, resume_step)
         trainer = Trainer(model, method, data, cfg, run_dir, runlog)
-        if resume:
-            trainer.load(last)
+        if state:
+            trainer.load_state(state)
+            del state
             log.info(f"resumed {run_dir} at step {trainer.clock.step}/{trainer.total_steps}")
         log.info(
             f"{cfg.method._target_.rsplit('.', 1)[-1]} on {data.name} with {type(model).__name__}: "
@@ -135,7 +136,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         write_json_atomic(results_path, results)
         print_summary(results, run_dir)
         return results
-    except Exception as e:
+    except BaseException as e:  # KeyboardInterrupt too: the run is marked failed, and can be resumed
         results.update(status="failed", error=f"{type(e).__name__}: {e}")
         results["timing"]["total_s"] = time.perf_counter() - started
         write_json_atomic(results_path, results)

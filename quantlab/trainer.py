@@ -225,8 +225,7 @@ class Trainer:
             self.runlog.histograms(self.model, clock.step)
         if clock.epoch % int(tcfg.get("checkpoint_every") or 1) == 0:
             self.save_last()
-        if progress is None:
-            self._epoch_line(epoch, time.perf_counter() - started)
+        self._epoch_line(epoch, time.perf_counter() - started)
 
     def _epoch_line(self, epoch: int, seconds: float) -> None:
         last = self.last_logged
@@ -347,8 +346,11 @@ class Trainer:
         checkpoint.atomic_save(state, self.ckpt_dir / "best.pt")
 
     def load(self, path: Path) -> None:
-        """Continue from a last.pt: model, optimizer, method state, clock, RNG, logging window."""
-        state = checkpoint.load(path, self.device)
+        """Continue from a last.pt file."""
+        self.load_state(checkpoint.load(path, self.device))
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from a last.pt state: model, optimizer, method state, clock, RNG, logging window."""
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])

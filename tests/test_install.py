@@ -23,7 +23,7 @@ def installed_script() -> Path:
         text=True,
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
-    if probe.returncode != 0 or str(REPO) in probe.stdout:
+    if probe.returncode != 0 or probe.stdout.strip().startswith(str(REPO / "quantlab")):
         pytest.skip("quantlab is installed in editable mode or without its configs")
     return script
 
@@ -46,3 +46,13 @@ def test_installed_cli_runs_outside_checkout(tmp_path):
     assert proc.returncode == 0, proc.stderr
     runs = run_dirs(tmp_path / "outputs")
     assert len(runs) == 2 and all(results(r)["status"] == "completed" for r in runs)
+
+
+def test_every_conf_folder_is_packaged():
+    """A config group missing from pyproject's package list would be missing from the wheel."""
+    tomllib = pytest.importorskip("tomllib")
+
+    packages = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {p for p in (REPO / "conf").rglob("*") if p.is_dir() and "__pycache__" not in p.parts}
+    expected = {"quantlab.conf." + ".".join(f.relative_to(REPO / "conf").parts) for f in folders}
+    assert expected <= packages, sorted(expected - packages)

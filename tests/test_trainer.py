@@ -110,3 +110,22 @@ def test_model_selection_uses_validation(tmp_path):
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
     assert best["step"] == trainer.best["step"]
     assert best["metrics"]["val/acc"] == trainer.best["metric"]
+
+
+def test_amp_and_grad_clip_paths(tmp_path):
+    """bf16 autocast on CPU and gradient clipping run, and training still learns."""
+    trainer, runlog = make(tmp_path, ToyMethod(lr=0.05), "trainer.amp=true", "trainer.grad_clip=1.0")
+    assert trainer.amp_dtype == torch.bfloat16
+    trainer.fit()
+    metrics, _ = trainer.test()
+    runlog.close()
+    assert metrics["test/acc"] > 30 and trainer.last_logged["train/loss"] < 2.3
+
+
+def test_device_errors():
+    from quantlab.trainer import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="device=cuda"):
+            resolve_device("cuda")
