@@ -1,0 +1,31 @@
+"""BinaryConnect (Courbariaux et al. 2015), the MD paper's BC baseline."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from quantlab.methods.weights import BINARY, WeightQuantizer
+from quantlab.quant.projections import binary_connect_sign, hard_sign
+
+
+class BC(WeightQuantizer):
+    """BinaryConnect: the forward pass uses sign(w) (straight-through, gradient cancelled where |w| > 1),
+    the optimizer updates the latent float weights, which are clipped to [−1, 1] after every step.
+    Export: sign(w). Binary only.
+    """
+
+    name = "bc"
+    supported = (BINARY,)
+
+    def attach(self, module: nn.Module, name: str) -> None:
+        self.parametrize(module, name, binary_connect_sign)
+
+    def hard(self, aux: Tensor) -> Tensor:
+        return hard_sign(aux)
+
+    def on_step(self, model: nn.Module, step: int, epoch: int) -> dict[str, float]:
+        with torch.no_grad():
+            for aux in self.aux_tensors(model):
+                aux.clamp_(-1.0, 1.0)
+        return {}

@@ -1,0 +1,1 @@
+"""Quantizers, projections and their straight-through variants."""

@@ -1,0 +1,374 @@
+"""The MD paper's methods against their equations: closed forms, finite differences, Algorithms 1-2."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from quantlab.config import ConfigError, compose
+from quantlab.methods.mirror import MirrorAdam, md_softmax_update, md_tanh_update
+from quantlab.methods.proxquant import prox_adaptive, prox_binary, prox_nearest, ternarize_adaptive
+from quantlab.quant import projections as P
+from quantlab.runlog import RunLog
+from quantlab.trainer import Trainer
+
+METHODS = ["md_tanh", "md_tanh_s", "md_softmax", "md_softmax_s", "gd_tanh", "pmf", "bc", "pq", "pq_star"]
+UNSUPPORTED = {("md_tanh", "ternary"), ("bc", "ternary")}
+PAIRS = [(m, b) for m in METHODS for b in ("binary", "ternary") if (m, b) not in UNSUPPORTED]
+
+
+def build_method(name: str, bitwidth: str, *extra: str):
+    return instantiate(compose([f"method={name}", f"bitwidth={bitwidth}", *extra]).method)
+
+
+def eq15(w: torch.Tensor, g: torch.Tensor, eta: float, beta: float) -> torch.Tensor:
+    """Eq. 15 exactly as printed: [r e^{-2βηg} − 1] / [r e^{-2βηg} + 1], r = (1 + w)/(1 − w)."""
+    r = (1 + w) / (1 - w) * torch.exp(-2 * beta * eta * g)
+    return (r - 1) / (r + 1)
+
+
+# -- MD-tanh (Eq. 15) and MD-softmax (Eq. 20) -------------------------------------------------------------
+
+
+def test_md_tanh_update_is_eq15():
+    torch.manual_seed(0)
+    w = torch.empty(1000, dtype=torch.float64).uniform_(-0.95, 0.95)
+    g = torch.randn(1000, dtype=torch.float64)
+    for eta, beta in [(1e-3, 1.0), (0.01, 5.0), (0.1, 2.0)]:
+        new = md_tanh_update(w, g, eta, beta, eps=0.0)
+        torch.testing.assert_close(new, eq15(w, g, eta, beta), rtol=1e-10, atol=1e-12)
+        # ... which is tanh(atanh(w) − βηg): since (1+w)/(1−w) = exp(2 atanh w), the 2 in the
+        # exponent of Eq. 15 cancels against the ½ of tanh; tanh(atanh(w) − 2βηg) is a different step.
+        torch.testing.assert_close(new, torch.tanh(torch.atanh(w) - beta * eta * g), rtol=1e-10, atol=1e-12)
+        assert not torch.allclose(new, torch.tanh(torch.atanh(w) - 2 * beta * eta * g))
+
+
+def test_md_tanh_update_stays_inside_and_is_stable_at_the_boundary():
+    w = torch.tensor([-1.0, -0.999999, 0.0, 1.0])
+    out = md_tanh_update(w, torch.tensor([1e6, -1e6, 0.0, -5.0]), 1.0, 1e4)
+    assert torch.isfinite(out).all() and out.abs().max() <= 1
+
+
+def test_md_softmax_update_is_eq20_on_the_simplex():
+    torch.manual_seed(0)
+    u = torch.softmax(torch.randn(500, 3, dtype=torch.float64), -1)
+    g = torch.randn(500, 3, dtype=torch.float64)
+    eta, beta = 0.05, 3.0
+    new = md_softmax_update(u, g, eta, beta)
+    expected = u * torch.exp(-beta * eta * g) / (u * torch.exp(-beta * eta * g)).sum(-1, keepdim=True)
+    torch.testing.assert_close(new, expected)
+    assert (new >= 0).all()
+    torch.testing.assert_close(new.sum(-1), torch.ones(500, dtype=torch.float64))
+
+
+def _one_mirror_step(direction: str, mirror: str):
+    torch.manual_seed(1)
+    shape = (4, 3) if mirror == "tanh" else (4, 2)
+    start = torch.tanh(torch.randn(shape)) if mirror == "tanh" else torch.softmax(torch.randn(shape), -1)
+    p = nn.Parameter(start.clone())
+    opt = MirrorAdam([{"params": [p], "mirror": mirror}], beta=lambda: 2.5, lr=0.01, direction=direction)
+    grads = [torch.randn(shape) for _ in range(3)]
+    ref = nn.Parameter(torch.zeros(shape))
+    adam = torch.optim.Adam([ref], lr=0.01)
+    for g in grads:
+        before = p.detach().clone()
+        p.grad = g.clone()
+        opt.step()
+        ref.grad = g.clone()
+        r0 = ref.detach().clone()
+        adam.step()
+        d = g if direction == "sgd" else -(ref.detach() - r0) / 0.01  # Adam's own direction m̂/(√v̂+ε)
+        if mirror == "tanh":
+            expected = eq15(before.double(), d.double(), 0.01, 2.5).float()
+        else:
+            e = before * torch.exp(-2.5 * 0.01 * d)
+            expected = e / e.sum(-1, keepdim=True)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("direction", ["adam", "sgd"])
+@pytest.mark.parametrize("mirror", ["tanh", "softmax"])
+def test_mirror_optimizer_takes_the_md_step(direction, mirror):
+    """Algorithm 1 with Adam-based directions (and the textbook raw-gradient variant)."""
+    _one_mirror_step(direction, mirror)
+
+
+# -- the stable forms: Algorithm 2 / Eq. 23 ----------------------------------------------------------------
+
+
+def _tiny(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    return nn.Linear(4, 3), torch.randn(8, 4), torch.randint(0, 3, (8,))
+
+
+def _sgd_step(method, model, x, y, lr=0.1):
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    loss = nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def _grad_at(w_value: torch.Tensor, b_value: torch.Tensor, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    w = w_value.detach().clone().requires_grad_()
+    b = b_value.detach().clone().requires_grad_()
+    nn.functional.cross_entropy(x @ w.T + b, y).backward()
+    return w.grad, b.grad
+
+
+@pytest.mark.parametrize("bitwidth", ["binary", "ternary"])
+def test_md_tanh_s_is_algorithm_2(bitwidth):
+    model, x, y = _tiny()
+    method = build_method("md_tanh_s", bitwidth, "method.init=keep")
+    method.beta.value = 1.7
+    method.prepare(model)
+    aux_w = method.aux(model, "weight").detach().clone()
+    aux_b = method.aux(model, "bias").detach().clone()
+    project = P.shifted_tanh if bitwidth == "ternary" else P.tanh_projection
+    gw, gb = _grad_at(project(aux_w, 1.7), project(aux_b, 1.7), x, y)  # g^k = ∇_w L at w^k = P(w̃^k)
+    _sgd_step(method, model, x, y, lr=0.1)
+    torch.testing.assert_close(method.aux(model, "weight").detach(), aux_w - 0.1 * gw)  # w̃ ← w̃ − η g
+    torch.testing.assert_close(method.aux(model, "bias").detach(), aux_b - 0.1 * gb)
+
+
+@pytest.mark.parametrize("bitwidth", ["binary", "ternary"])
+def test_md_softmax_s_is_eq23_in_u_space(bitwidth):
+    model, x, y = _tiny()
+    method = build_method("md_softmax_s", bitwidth, "method.init=keep")
+    method.beta.value = 1.3
+    method.prepare(model)
+    q = method.levels
+    aux = method.aux(model, "weight").detach().clone()
+    w = torch.softmax(1.3 * aux, -1) @ q
+    gw, _ = _grad_at(w, P.softmax_projection(method.aux(model, "bias").detach(), 1.3, q), x, y)
+    _sgd_step(method, model, x, y, lr=0.1)
+    torch.testing.assert_close(method.aux(model, "weight").detach(), aux - 0.1 * gw.unsqueeze(-1) * q)
+
+
+def test_gd_tanh_gradient_is_the_analytic_jacobian():
+    model, x, y = _tiny()
+    method = build_method("gd_tanh", "binary", "method.init=keep")
+    method.beta.value = 2.2
+    method.prepare(model)
+    aux = method.aux(model, "weight")
+    gw, _ = _grad_at(torch.tanh(2.2 * aux), torch.tanh(2.2 * method.aux(model, "bias")), x, y)
+    nn.functional.cross_entropy(model(x), y).backward()
+    jac = 2.2 * (1 - torch.tanh(2.2 * aux.detach()) ** 2)
+    torch.testing.assert_close(aux.grad, gw * jac)
+
+
+def test_shifted_tanh_gradient_matches_finite_differences():
+    x = torch.linspace(-1.5, 1.5, 301, dtype=torch.float64)
+    for beta in (1.0, 3.0, 10.0):
+        h = 1e-6
+        fd = (P.shifted_tanh(x + h, beta) - P.shifted_tanh(x - h, beta)) / (2 * h)
+        torch.testing.assert_close(P.shifted_tanh_grad(x, beta), fd, rtol=1e-6, atol=1e-8)
+        xa = x.clone().requires_grad_()
+        P.shifted_tanh(xa, beta).sum().backward()
+        torch.testing.assert_close(xa.grad, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_shifted_tanh_limits_to_the_ternary_step():
+    x = torch.tensor([-1.2, -0.7, -0.3, 0.0, 0.3, 0.7, 1.2])
+    torch.testing.assert_close(P.shifted_tanh(x, 1e4), P.hard_ternary(x))
+    assert P.shifted_tanh(torch.tensor([0.0]), 1.0).item() == 0.0
+
+
+def test_pmf_gradients():
+    torch.manual_seed(0)
+    u = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    q = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)
+    g = torch.randn(5, dtype=torch.float64)
+    (P.softmax_projection(u, 2.0, q) * g).sum().backward()
+    s = torch.softmax(2.0 * u.detach(), -1)
+    gu = g[:, None] * q
+    exact = 2.0 * s * (gu - (s * gu).sum(-1, keepdim=True))  # β(diag(u) − uuᵀ)·∂L/∂u
+    torch.testing.assert_close(u.grad, exact)
+    u2 = u.detach().clone().requires_grad_()
+    (P.softmax_pmf_code(u2, 2.0, q) * g).sum().backward()
+    torch.testing.assert_close(u2.grad, 2.0 * (gu - s * (s * gu).sum(-1, keepdim=True)))  # β(I − uuᵀ)·∂L/∂u
+
+
+# -- BinaryConnect and ProxQuant ---------------------------------------------------------------------
+
+
+def test_binary_connect():
+    w = torch.tensor([-2.0, -0.5, 0.0, 0.4, 1.5], requires_grad=True)
+    out = P.binary_connect_sign(w)
+    assert out.tolist() == [-1, -1, 1, 1, 1]
+    out.backward(torch.ones(5))
+    assert w.grad.tolist() == [0, 1, 1, 1, 0]  # cancelled where |w| > 1
+    model, x, y = _tiny()
+    method = build_method("bc", "binary")
+    method.prepare(model)
+    with torch.no_grad():
+        method.aux(model, "weight").mul_(10)
+    method.on_step(model, 0, 0)
+    assert method.aux(model, "weight").abs().max() <= 1  # latent weights clipped
+
+
+def test_prox_binary_closed_form():
+    w = torch.tensor([-1.8, -1.0, -0.3, 0.2, 0.9, 1.05, 3.0])
+    s = 0.25
+    out = prox_binary(w, s)
+    # |w| moves towards 1 by s (not past it), then clipped to [-1, 1].
+    expected = torch.sign(w) * torch.clamp(
+        torch.where((w.abs() - 1).abs() <= s, torch.ones(7), w.abs() + s * torch.sign(1 - w.abs())), max=1
+    )
+    torch.testing.assert_close(out, expected)
+
+
+def test_prox_nearest_solves_its_problem():
+    """prox(w) = argmin_x ½(x − w)² + s·½ dist(x, Q)², checked on a fine grid."""
+    q = torch.tensor([-1.0, 0.0, 1.0])
+    grid = torch.linspace(-2, 2, 40001)
+    dist2 = ((grid[:, None] - q) ** 2).min(1).values
+    for w in (-1.4, -0.6, -0.2, 0.1, 0.45, 0.8, 1.3):
+        for s in (0.1, 1.0, 4.0):
+            objective = 0.5 * (grid - w) ** 2 + s * 0.5 * dist2
+            best = grid[objective.argmin()]
+            assert abs(prox_nearest(torch.tensor([w]), s, q).item() - best.item()) < 2e-4
+
+
+def test_adaptive_ternarization():
+    w = torch.tensor([-1.0, -0.1, 0.05, 0.2, 0.9, 0.0])
+    delta = 0.7 * w.abs().mean()
+    t = ternarize_adaptive(w)
+    alpha = w.abs()[w.abs() > delta].mean()
+    torch.testing.assert_close(t, alpha * torch.sign(w) * (w.abs() > delta))
+    torch.testing.assert_close(prox_adaptive(w, 1.0), (w + t) / 2)
+
+
+# -- export, scope, β -----------------------------------------------------------------------------------
+
+
+def _trained(method_name: str, bitwidth: str, tmp_path, *extra: str, steps: int = 6):
+    cfg = compose(
+        [
+            f"method={method_name}",
+            f"bitwidth={bitwidth}",
+            "schedule=md_cifar",
+            "schedule.batch_size=32",
+            f"schedule.iterations={steps}",
+            "schedule.beta.interval=2",
+            *extra,
+        ]
+    )
+    torch.manual_seed(0)
+    trainer = Trainer(
+        instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset), cfg, tmp_path
+    )
+    for x, y in trainer.train_loader.iterate(0):
+        trainer.train_step(x, y)
+        trainer.clock.step += 1
+        if trainer.clock.step >= steps:
+            break
+    return trainer
+
+
+@pytest.mark.parametrize(("method", "bitwidth"), PAIRS, ids=[f"{m}-{b}" for m, b in PAIRS])
+def test_exported_tensors_hold_only_levels(method, bitwidth, tmp_path):
+    trainer = _trained(method, bitwidth, tmp_path)
+    m = trainer.method
+    exported = m.export(trainer.model)
+    levels = set(m.levels_tuple)
+    assert not any("parametrizations" in k for k in exported.state_dict())
+    for path, name in m.targets:
+        values = getattr(exported.get_submodule(path), name).detach()
+        if getattr(m, "adaptive", False):  # ProxQuant's own ternary levels: α·{-1, 0, 1}, one α per tensor
+            nonzero = values[values != 0].abs()
+            assert nonzero.numel() == 0 or torch.allclose(nonzero, nonzero[0].expand_as(nonzero))
+        else:
+            assert set(values.unique().tolist()) <= levels, (path, name)
+    # The exported network is a plain copy: the trained one still works and is unchanged.
+    x = next(iter(trainer.test_loader))[0]
+    trainer.model.eval()
+    trainer.model(x)
+    exported.eval()
+    assert exported(x).shape == (len(x), 10)
+    assert trainer.select_by == "val/acc_exported"  # best checkpoint by the discrete accuracy
+
+
+def test_layerwise_scale_and_scope(tmp_path):
+    trainer = _trained(
+        "md_tanh_s",
+        "binary",
+        tmp_path,
+        "method.scope.layerwise_scale=true",
+        "method.scope.first_last=false",
+        "method.scope.bias=false",
+    )
+    m = trainer.method
+    paths = {p for p, _ in m.targets}
+    layers = [n for n, mod in trainer.model.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
+    assert layers[0] not in paths and layers[-1] not in paths and all(n == "weight" for _, n in m.targets)
+    exported = m.export(trainer.model)
+    for path, name in m.targets:
+        values = getattr(exported.get_submodule(path), name).detach().unique()
+        scale = trainer.model.get_submodule(path).parametrizations[name][0].scale.detach()
+        assert len(values) <= 2 and torch.allclose(values.abs(), scale.abs().expand_as(values))
+    first = exported.get_submodule(layers[0]).weight
+    assert len(first.unique()) > 3  # left in float
+
+
+def test_quantized_methods_use_batch_norm_without_parameters():
+    assert compose(["method=md_tanh_s"]).model.bn_affine is False
+    assert compose(["method=float"]).model.bn_affine is True
+    assert compose(["method=pq_star"]).model.bn_affine is True
+
+
+@pytest.mark.parametrize(("method", "bitwidth"), sorted(UNSUPPORTED) + [("md_tanh_s", "w8a8")])
+def test_unsupported_bitwidth_is_a_one_line_error(method, bitwidth):
+    with pytest.raises(Exception) as info:
+        build_method(method, bitwidth)
+    err = info.value.__cause__ or info.value
+    assert isinstance(err, ConfigError) and "\n" not in str(err) and "bitwidth=" in str(err)
+
+
+def test_beta_schedule_logged_and_exact_across_resume(tmp_path):
+    overrides = [
+        "method=md_tanh_s",
+        "bitwidth=binary",
+        "schedule.epochs=2",
+        "trainer.log_every=1",
+        "schedule.beta.interval=3",
+        "schedule.beta.scale=1.5",
+    ]
+    cfg = compose(overrides)
+
+    def make(run_dir, resume_step=None):
+        torch.manual_seed(0)
+        return Trainer(
+            instantiate(cfg.model),
+            instantiate(cfg.method),
+            instantiate(cfg.dataset),
+            cfg,
+            run_dir,
+            RunLog(run_dir, resume_step),
+        )
+
+    full = make(tmp_path / "full")
+    full.fit()
+    full.runlog.close()
+    part = make(tmp_path / "part")
+    part._run_epoch(None)  # one epoch, then "crash" after its checkpoint
+    part.runlog.close()
+    state = torch.load(tmp_path / "part" / "checkpoints" / "last.pt", weights_only=False)
+    resumed = make(tmp_path / "part", state["clock"]["step"])
+    resumed.load_state(state)
+    assert resumed.method.beta.value == 1.5 ** (state["clock"]["step"] // 3)
+    resumed.fit()
+    resumed.runlog.close()
+    log_full = (tmp_path / "full" / "metrics.jsonl").read_text()
+    assert (tmp_path / "part" / "metrics.jsonl").read_text() == log_full
+    import json
+
+    betas = {
+        r["step"]: r["method/beta"] for r in map(json.loads, log_full.splitlines()) if "method/beta" in r
+    }
+    assert betas and all(b == pytest.approx(1.5 ** (s // 3)) for s, b in betas.items())
+    assert math.isclose(resumed.method.beta.value, full.method.beta.value)
