@@ -39,7 +39,7 @@ def _build(model: str, method: str, args: argparse.Namespace, tmp: Path):
         f"method={name}",
         f"schedule.batch_size={args.batch_size}",
         f"device={args.device}",
-        *([f"bitwidth={bitwidth}"] if bitwidth else []),
+        f"bitwidth={bitwidth or 'binary'}",  # float ignores it; quantized methods default to binary
         *args.overrides,
     ]
     cfg = compose(overrides)

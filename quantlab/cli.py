@@ -43,11 +43,8 @@ def _train_args(args: list[str]) -> list[str]:
         if multirun:
             _fail("resume=... continues one run; it cannot be combined with -m/--multirun")
         run_dir = Path(resume).expanduser().resolve()
-        if (
-            not (run_dir / "checkpoints" / "last.pt").is_file()
-            or not (run_dir / ".hydra" / "config.yaml").is_file()
-        ):
-            _fail(f"resume={resume}: not a run directory with checkpoints/last.pt and .hydra/config.yaml")
+        if not (run_dir / "checkpoints" / "last.pt").is_file() or not (run_dir / "config.yaml").is_file():
+            _fail(f"resume={resume}: not a run directory with checkpoints/last.pt and config.yaml")
         # Continue in the run's own directory, and keep its .hydra/ (the original config) untouched.
         args = [a for a in args if not a.startswith("resume=")]
         return [*args, f"resume={run_dir}", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]

@@ -119,9 +119,15 @@ def validate_train_config(cfg: DictConfig) -> None:
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
-    """Compose a config outside a Hydra app (tests, benchmarks), with the same search path."""
+    """Compose a config outside a Hydra app (tests, benchmarks), with the same search path.
+
+    Hydra's runtime facts (`${hydra:runtime.choices.method}`, used by the paper presets) resolve as
+    in a run: the composed Hydra config is installed as the current one.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir, initialize_config_module
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
 
     root = config_dir()
     if root.startswith("pkg://"):
@@ -129,6 +135,29 @@ def compose(overrides: list[str] | None = None, config_name: str = "train") -> D
     else:
         ctx = initialize_config_dir(root, version_base="1.3")
     with ctx:
-        return hydra_compose(
-            config_name=config_name, overrides=list(overrides or []), return_hydra_config=False
+        cfg = hydra_compose(
+            config_name=config_name, overrides=list(overrides or []), return_hydra_config=True
         )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def check_preset_row(cfg: DictConfig, method: str | None, experiment: str | None) -> None:
+    """A paper preset picks its hyperparameters by method: the method must have a row there."""
+    rows = OmegaConf.select(cfg, "preset.rows", default=None)
+    if rows is not None and method not in rows:
+        raise ConfigError(
+            f"method={method}: experiment={experiment} has no row for it; its table has: {', '.join(rows)}"
+        )
+
+
+def check_missing(cfg: DictConfig) -> None:
+    """Mandatory values (???) and the keys a preset requires (`preset.requires`) must be set."""
+    for key in OmegaConf.select(cfg, "preset.requires", default=None) or []:
+        if OmegaConf.select(cfg, key, default=None) is None:
+            raise ConfigError(f"{key}: this experiment needs it (set {key}=...)")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]}: a value is required here (set {missing[0]}=...)")

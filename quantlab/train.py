@@ -18,9 +18,17 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from quantlab import checkpoint
-from quantlab.config import ConfigError, QuantlabError, config_dir, validate_train_config
+from quantlab.config import (
+    ConfigError,
+    QuantlabError,
+    check_missing,
+    check_preset_row,
+    config_dir,
+    validate_train_config,
+)
 from quantlab.console import console, error_line
 from quantlab.results import write_json_atomic
 from quantlab.runlog import RunLog
@@ -28,6 +36,33 @@ from quantlab.runlog import RunLog
 log = logging.getLogger("quantlab")
 
 RUN_MARKERS = ("results.json", "checkpoints")
+RESOLVED = "config.yaml"  # the run's fully resolved config, written when it starts
+
+
+def load_init(model: Any, source: str) -> None:
+    """Start from another run's network (fine-tuning): its best float weights, or its export when
+    that run was quantized; a .pt file with a "model" entry or a plain state dict works too."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        best = path / "checkpoints" / "best.pt"
+        if not best.exists():
+            raise ConfigError(f"init_from={source}: no checkpoints/best.pt in that run directory")
+        state = checkpoint.load(best)["model"]
+        if any("parametrizations" in k for k in state) and (path / "exported.pt").exists():
+            state = checkpoint.load(path / "exported.pt")["model"]
+    elif path.is_file():
+        state = checkpoint.load(path)
+        state = state.get("model", state)
+    else:
+        raise ConfigError(f"init_from={source}: no such run directory or checkpoint file")
+    result = model.load_state_dict(state, strict=False)
+    loaded = len(state) - len(result.unexpected_keys)
+    if loaded == 0:
+        raise ConfigError(f"init_from={source}: none of its tensors fit this model")
+    log.info(
+        f"init_from {source}: {loaded} tensors loaded; missing {len(result.missing_keys)}, "
+        f"ignored {len(result.unexpected_keys)}"
+    )
 
 
 def existing_run(run_dir: Path) -> bool:
@@ -45,21 +80,20 @@ def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def resume_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictConfig:
-    """The config of the run being resumed; overrides that change it are refused."""
-    saved_path = run_dir / ".hydra" / "config.yaml"
+    """The config of the run being resumed (resolved when it started); changing overrides are refused."""
+    saved_path = run_dir / RESOLVED
     if not saved_path.exists() or not (run_dir / "checkpoints" / "last.pt").exists():
-        raise ConfigError(
-            f"resume={run_dir}: no .hydra/config.yaml and checkpoints/last.pt there to resume from"
-        )
+        raise ConfigError(f"resume={run_dir}: no {RESOLVED} and checkpoints/last.pt there to resume from")
     saved = OmegaConf.load(saved_path)
-    now = OmegaConf.to_container(cfg, resolve=False)
-    before = OmegaConf.to_container(saved, resolve=False)
-    now.pop("resume", None)
-    before.pop("resume", None)
     user = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
-    diff = _config_diff(before, now) if user else []
-    if diff:
-        raise ConfigError(f"resume={run_dir}: settings differ from the run's: {'; '.join(diff[:5])}")
+    if user:
+        now = OmegaConf.to_container(cfg, resolve=True)
+        before = OmegaConf.to_container(saved, resolve=False)
+        now.pop("resume", None)
+        before.pop("resume", None)
+        diff = _config_diff(before, now)
+        if diff:
+            raise ConfigError(f"resume={run_dir}: settings differ from the run's: {'; '.join(diff[:5])}")
     with open_dict(saved):
         saved.resume = str(run_dir)
     return saved
@@ -108,10 +142,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_json_atomic(results_path, results)
     runlog = None
     try:
+        choices = hc.runtime.choices
+        check_preset_row(cfg, choices.get("method"), choices.get("experiment"))
+        check_missing(cfg)
+        try:
+            resolved = OmegaConf.to_yaml(cfg, resolve=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(" ".join(str(e).split())) from None
+        if not resume:
+            (run_dir / RESOLVED).write_text(resolved)
+        cfg = OmegaConf.create(resolved)
         validate_train_config(cfg)
         checkpoint.seed_everything(int(cfg.seed))
         data = build(cfg.dataset)
         model = build(cfg.model)
+        if cfg.get("init_from") and not resume:
+            load_init(model, str(cfg.init_from))
         method = build(cfg.method)
         from quantlab.trainer import Trainer
 

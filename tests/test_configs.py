@@ -27,6 +27,10 @@ def test_every_group_has_options():
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_instantiates(group, option, tmp_path):
     overrides = [f"{group}={option}"]
+    if group == "experiment":
+        overrides.append(f"method={experiment_methods(option)[0]}")
+    if group == "method" and option != "float":
+        overrides.append("bitwidth=binary")  # every weight-quantization method supports binary
     if group == "dataset" and option in WRITERS:
         WRITERS[option](tmp_path)
         overrides += [f"dataset.root={tmp_path}", "dataset.val_size=6"]
@@ -35,9 +39,7 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     cfg = compose(overrides)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     if group == "experiment":
-        # Presets point at datasets on disk; check the parts that need no files.
-        instantiate(cfg.method)
-        assert isinstance(instantiate(cfg.model), torch.nn.Module)
+        check_experiment(option)
         return
     validate_train_config(cfg)
     if group == "dataset":
@@ -105,3 +107,58 @@ def test_out_of_range_values_name_the_field(override, field):
     with pytest.raises(ConfigError) as info:
         validate_train_config(compose([override]))
     assert str(info.value).startswith(field) and "\n" not in str(info.value)
+
+
+def experiment_methods(option: str) -> list[str]:
+    """The methods a preset has rows for (paper presets), else the method it selects or float."""
+    cfg = compose([f"experiment={option}", "method=float"])
+    rows = OmegaConf.select(cfg, "preset.rows", default=None)
+    if rows is not None:
+        return list(rows)
+    return ["md_tanh_s", "float"] if option == "digits_md" else ["float"]
+
+
+def check_experiment(option: str) -> None:
+    """Every row of a preset composes, resolves, and builds its method, model and optimizer."""
+    for method in experiment_methods(option):
+        cfg = compose([f"experiment={option}", f"method={method}"])
+        resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        row = OmegaConf.select(resolved, "preset.row", default=None)
+        if row is not None:
+            assert resolved.schedule.optimizer.lr == row.lr
+            if "beta_scale" in row:
+                assert resolved.schedule.beta.scale == row.beta_scale
+            if "reg_rate" in row:
+                assert resolved.method.reg_rate == row.reg_rate
+        validate_train_config(resolved)
+        instantiate(resolved.method)
+        model = instantiate(resolved.model)
+        opt = Method().optimizer(model, resolved.schedule)
+        assert opt.param_groups[0]["lr"] == resolved.schedule.optimizer.lr
+        for key in ("lr", "beta", "lam"):
+            assert isinstance(instantiate(resolved.schedule[key])(0, 0), float)
+
+
+def test_paper_presets_cover_the_tables():
+    names = {p.stem for p in (CONF / "experiment").glob("md_t*.yaml")}
+    for ds_model in (
+        "cifar10_vgg16",
+        "cifar10_resnet18",
+        "cifar100_vgg16",
+        "cifar100_resnet18",
+        "tinyimagenet_resnet18",
+    ):
+        assert f"md_t1_{ds_model}" in names and f"md_t5_{ds_model}" in names
+    assert {
+        "md_t2_cifar10_mobilenetv2",
+        "md_t2_cifar100_mobilenetv2",
+        "md_t3_imagenet_resnet18",
+        "md_t3_imagenet_resnet18_finetune",
+    } <= names
+    table8 = compose(["experiment=md_t1_cifar100_vgg16", "method=md_softmax_s"])
+    assert table8.schedule.optimizer.lr == 0.0001 and table8.schedule.beta.interval == 500  # Table 8 cell
+    table9 = compose(["experiment=md_t5_cifar10_vgg16", "method=pq"])
+    assert table9.method.reg_rate == 1e-7 and table9.bitwidth.name == "ternary"  # Table 9 cell
+    ref = compose(["experiment=md_t5_cifar10_resnet18", "method=float"])
+    assert ref.schedule.optimizer.name == "sgd" and ref.model.bn_affine is True
+    assert compose(["experiment=md_t1_cifar10_resnet18", "method=bc"]).model.bn_affine is False

@@ -372,3 +372,25 @@ def test_beta_schedule_logged_and_exact_across_resume(tmp_path):
     }
     assert betas and all(b == pytest.approx(1.5 ** (s // 3)) for s, b in betas.items())
     assert math.isclose(resumed.method.beta.value, full.method.beta.value)
+
+
+def test_init_from_a_float_run(tmp_path):
+    """Fine-tuning: the quantized run starts from another run's best float weights."""
+    from quantlab.train import load_init
+
+    source = instantiate(compose([]).model)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"model": source.state_dict()}, tmp_path / "run" / "checkpoints" / "best.pt")
+    target = instantiate(compose(["method=md_tanh_s", "bitwidth=binary", "+preset.bn_affine=true"]).model)
+    load_init(target, str(tmp_path / "run"))
+    for (name, a), b in zip(source.state_dict().items(), target.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    # A quantized method with init=keep starts its auxiliary variables at those weights.
+    method = build_method("md_tanh_s", "binary", "method.init=keep")
+    method.prepare(target)
+    first = method.targets[0]
+    torch.testing.assert_close(
+        method.aux(target.get_submodule(first[0]), first[1]), source.get_submodule(first[0]).weight
+    )
+    with pytest.raises(ConfigError, match="init_from"):
+        load_init(target, str(tmp_path / "nowhere"))
