@@ -55,4 +55,18 @@ def test_every_conf_folder_is_packaged():
     packages = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     folders = {p for p in (REPO / "conf").rglob("*") if p.is_dir() and "__pycache__" not in p.parts}
     expected = {"quantlab.conf." + ".".join(f.relative_to(REPO / "conf").parts) for f in folders}
+    code = {p.parent for p in (REPO / "quantlab").rglob("__init__.py")}
+    expected |= {".".join(f.relative_to(REPO).parts) for f in code}
     assert expected <= packages, sorted(expected - packages)
+
+
+def test_every_source_file_is_tracked_by_git():
+    """An over-broad .gitignore once hid quantlab/data/ from the repository; never again."""
+    import shutil
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = [str(p.relative_to(REPO)) for p in (REPO / "quantlab").rglob("*.py")]
+    files += [str(p.relative_to(REPO)) for p in (REPO / "conf").rglob("*.yaml")]
+    ignored = subprocess.run(["git", "check-ignore", *files], cwd=REPO, capture_output=True, text=True).stdout
+    assert ignored.split() == []

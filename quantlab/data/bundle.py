@@ -1,0 +1,69 @@
+"""What a dataset builder returns: train / validation / test splits and the shape facts models need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+    @property
+    def top5(self) -> bool:
+        """Report top-5 accuracy where the dataset has at least 100 classes."""
+        return self.num_classes >= 100
+
+
+def split_indices(n: int, val_size: int | float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Carve a validation split out of `n` training samples with a fixed seed.
+
+    `val_size` is a count (int ≥ 1) or a fraction in (0, 1); 0 means no validation split.
+    Returns (train_indices, val_indices); the same (n, val_size, seed) always gives the same split.
+    """
+    if isinstance(val_size, float) and 0 < val_size < 1:
+        val_size = int(round(n * val_size))
+    val_size = int(val_size)
+    if not 0 <= val_size < n:
+        raise ValueError(f"dataset.val_size={val_size}: must be in 0..{n - 1} (the training set has {n})")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+class TensorSplit(Dataset):
+    """An in-memory split: images `x` (N, C, H, W) float and labels `y` (N,) long."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} images but {len(y)} labels")
+        self.x, self.y = x, y.long()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+
+class Transformed(Dataset):
+    """A subset of a base dataset (samples as the base returns them) with its own transform."""
+
+    def __init__(self, base: Dataset, indices: Any, transform: Any = None) -> None:
+        self.base, self.indices, self.transform = base, [int(i) for i in indices], transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        image, label = self.base[self.indices[i]]
+        return (self.transform(image) if self.transform is not None else image), label

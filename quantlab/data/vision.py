@@ -1,0 +1,257 @@
+"""torchvision-backed datasets: MNIST, Fashion-MNIST, CIFAR-10/100, SVHN, TinyImageNet, ImageNet.
+
+Each builder returns train (augmented) / val (carved from train with a fixed seed, evaluation
+transform) / test. The root comes from `dataset.root` or the QUANTLAB_DATA environment variable.
+Missing files raise a one-line error naming the expected layout and how to supply it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+from torch.utils.data import Dataset
+from torchvision import datasets as tvd
+from torchvision import transforms as T
+
+from quantlab.config import QuantlabError
+from quantlab.data.bundle import DataBundle, Transformed, split_indices
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class DatasetMissing(QuantlabError):
+    pass
+
+
+def _root(name: str, root: str | None, layout: str, download_hint: bool) -> Path:
+    how = "pass dataset.root=<dir> or set QUANTLAB_DATA=<dir>"
+    if download_hint:
+        how += ", or add dataset.download=true"
+    if root in (None, ""):
+        raise DatasetMissing(f"{name}: no data root: {how} (expected {layout})")
+    return Path(os.path.expanduser(str(root)))
+
+
+def _missing(name: str, root: Path, layout: str, download_hint: bool) -> DatasetMissing:
+    how = "pass dataset.root=<dir> or set QUANTLAB_DATA=<dir>"
+    if download_hint:
+        how += ", or add dataset.download=true"
+    return DatasetMissing(f"{name}: files not found under {root}: expected {layout}; {how}")
+
+
+def _split(
+    name: str,
+    train_base: Dataset,
+    test_base: Dataset,
+    train_tf: Callable,
+    eval_tf: Callable,
+    val_size: int | float,
+    split_seed: int,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+) -> DataBundle:
+    train_idx, val_idx = split_indices(len(train_base), val_size, split_seed)  # type: ignore[arg-type]
+    return DataBundle(
+        name=name,
+        train=Transformed(train_base, train_idx, train_tf),
+        val=Transformed(train_base, val_idx, eval_tf) if len(val_idx) else None,
+        test=Transformed(test_base, range(len(test_base)), eval_tf),  # type: ignore[arg-type]
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+    )
+
+
+def _small_tf(mean: tuple, std: tuple, augment: bool, crop: int | None, flip: bool) -> tuple[Callable, Callable]:
+    norm = [T.ToTensor(), T.Normalize(mean, std)]
+    train = []
+    if augment and crop:
+        train.append(T.RandomCrop(crop, padding=4))
+    if augment and flip:
+        train.append(T.RandomHorizontalFlip())
+    return T.Compose(train + norm), T.Compose(norm)
+
+
+# -- MNIST family: idx files under <root>/<Class>/raw/ -------------------------------------------------
+
+
+def _mnist_like(cls: type, name: str, mean: float, std: float):
+    def build(
+        root: str | None = None,
+        download: bool = False,
+        val_size: int | float = 5000,
+        split_seed: int = 0,
+        augment: bool = False,
+        **_: object,
+    ) -> DataBundle:
+        layout = (
+            f"<root>/{cls.__name__}/raw/{{train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+            "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte}"
+        )
+        path = _root(name, root, layout, True)
+        try:
+            train = cls(str(path), train=True, download=download)
+            test = cls(str(path), train=False, download=download)
+        except RuntimeError as e:
+            raise _missing(name, path, layout, True) from e
+        train_tf, eval_tf = _small_tf((mean,), (std,), augment, crop=28, flip=False)
+        return _split(name, train, test, train_tf, eval_tf, val_size, split_seed, 10, 1, 28)
+
+    build.__doc__ = f"{name}: 60k/10k 28x28 grayscale digits, 10 classes (torchvision {cls.__name__})."
+    return build
+
+
+mnist = _mnist_like(tvd.MNIST, "mnist", 0.1307, 0.3081)
+fashion_mnist = _mnist_like(tvd.FashionMNIST, "fashion_mnist", 0.2860, 0.3530)
+
+
+# -- CIFAR and SVHN: md5 verification is optional so that small, test-written files load too --------
+
+
+class _CIFAR10(tvd.CIFAR10):
+    verify = True
+
+    def _check_integrity(self) -> bool:
+        if self.verify:
+            return super()._check_integrity()
+        base = Path(self.root) / self.base_folder
+        return all((base / f).is_file() for f, _ in self.train_list + self.test_list)
+
+    def _load_meta(self) -> None:
+        if self.verify:
+            return super()._load_meta()
+        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+
+class _CIFAR100(_CIFAR10, tvd.CIFAR100):
+    pass
+
+
+class _SVHN(tvd.SVHN):
+    verify = True
+
+    def _check_integrity(self) -> bool:
+        if self.verify:
+            return super()._check_integrity()
+        return (Path(self.root) / self.filename).is_file()
+
+
+CIFAR_STATS = {
+    10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def _cifar(classes: int):
+    cls = _CIFAR10 if classes == 10 else _CIFAR100
+    folder = "cifar-10-batches-py" if classes == 10 else "cifar-100-python"
+    files = "data_batch_1..5, test_batch, batches.meta" if classes == 10 else "train, test, meta"
+    name = f"cifar{classes}"
+
+    def build(
+        root: str | None = None,
+        download: bool = False,
+        val_size: int | float = 5000,
+        split_seed: int = 0,
+        augment: bool = True,
+        verify: bool = True,
+        **_: object,
+    ) -> DataBundle:
+        layout = f"<root>/{folder}/{{{files}}} (the python pickle version)"
+        path = _root(name, root, layout, True)
+        cls.verify = verify
+        try:
+            train = cls(str(path), train=True, download=download)
+            test = cls(str(path), train=False, download=download)
+        except RuntimeError as e:
+            raise _missing(name, path, layout, True) from e
+        mean, std = CIFAR_STATS[classes]
+        train_tf, eval_tf = _small_tf(mean, std, augment, crop=32, flip=True)
+        return _split(name, train, test, train_tf, eval_tf, val_size, split_seed, classes, 3, 32)
+
+    build.__doc__ = f"CIFAR-{classes}: 50k/10k 32x32 colour images; augmentation: random crop 32 pad 4 + flip."
+    return build
+
+
+cifar10 = _cifar(10)
+cifar100 = _cifar(100)
+
+
+def svhn(
+    root: str | None = None,
+    download: bool = False,
+    val_size: int | float = 5000,
+    split_seed: int = 0,
+    augment: bool = True,
+    verify: bool = True,
+    **_: object,
+) -> DataBundle:
+    """SVHN (cropped digits, 73k/26k 32x32); augmentation: random crop 32 pad 4 (no flip: digits)."""
+    layout = "<root>/{train_32x32.mat, test_32x32.mat}"
+    path = _root("svhn", root, layout, True)
+    _SVHN.verify = verify
+    try:
+        train = _SVHN(str(path), split="train", download=download)
+        test = _SVHN(str(path), split="test", download=download)
+    except RuntimeError as e:
+        raise _missing("svhn", path, layout, True) from e
+    train_tf, eval_tf = _small_tf((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), augment, crop=32, flip=False)
+    return _split("svhn", train, test, train_tf, eval_tf, val_size, split_seed, 10, 3, 32)
+
+
+# -- ImageFolder trees: TinyImageNet and ImageNet ----------------------------------------------------
+
+
+def _image_folder(name: str, root: str | None, layout: str) -> tuple[tvd.ImageFolder, tvd.ImageFolder, Path]:
+    path = _root(name, root, layout, False)
+    if not (path / "train").is_dir() or not (path / "val").is_dir():
+        raise _missing(name, path, layout, False)
+    try:
+        return tvd.ImageFolder(str(path / "train")), tvd.ImageFolder(str(path / "val")), path
+    except (FileNotFoundError, RuntimeError) as e:
+        raise _missing(name, path, layout, False) from e
+
+
+def tinyimagenet(
+    root: str | None = None,
+    val_size: int | float = 10000,
+    split_seed: int = 0,
+    augment: bool = True,
+    **_: object,
+) -> DataBundle:
+    """TinyImageNet (200 classes, 64x64) in ImageFolder layout; the official val set is the test split.
+
+    The official val/ folder (images/ + val_annotations.txt) must be regrouped into one folder per
+    class first. Augmentation: random crop 64 pad 4 + flip.
+    """
+    layout = "<root>/train/<class>/<image> and <root>/val/<class>/<image> (val regrouped by class)"
+    train, test, _ = _image_folder("tinyimagenet", root, layout)
+    train_tf, eval_tf = _small_tf(IMAGENET_MEAN, IMAGENET_STD, augment, crop=64, flip=True)
+    return _split("tinyimagenet", train, test, train_tf, eval_tf, val_size, split_seed, len(train.classes), 3, 64)
+
+
+def imagenet(
+    root: str | None = None,
+    val_size: int | float = 10000,
+    split_seed: int = 0,
+    augment: bool = True,
+    image_size: int = 224,
+    **_: object,
+) -> DataBundle:
+    """ImageNet (ILSVRC-2012) in ImageFolder layout; the official val set is the test split.
+
+    Train: random-resized crop 224 + flip; eval: resize 256, center crop 224.
+    """
+    layout = "<root>/train/<class>/<image> and <root>/val/<class>/<image>"
+    train, test, _ = _image_folder("imagenet", root, layout)
+    norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    resize = int(round(image_size * 256 / 224))
+    eval_tf = T.Compose([T.Resize(resize), T.CenterCrop(image_size), *norm])
+    train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *norm]) if augment else eval_tf
+    return _split("imagenet", train, test, train_tf, eval_tf, val_size, split_seed, len(train.classes), 3, image_size)
