@@ -47,7 +47,13 @@ class TensorLoader(EpochLoader):
     """Batches sliced straight out of in-memory tensors (digits, synthetic): no per-sample overhead."""
 
     def __init__(
-        self, data: TensorSplit, batch_size: int, shuffle: bool, seed: int, drop_last: bool, device: torch.device
+        self,
+        data: TensorSplit,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        device: torch.device,
     ) -> None:
         self.x, self.y = data.x.to(device), data.y.to(device)
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last

@@ -42,6 +42,15 @@ def _missing(name: str, root: Path, layout: str, download_hint: bool) -> Dataset
     return DatasetMissing(f"{name}: files not found under {root}: expected {layout}; {how}")
 
 
+def _open_pair(name: str, root: str | None, layout: str, open_split: Callable[[str, bool], Dataset]):
+    """(train, test) from a torchvision class that has a downloader; missing files: one-line error."""
+    path = _root(name, root, layout, True)
+    try:
+        return open_split(str(path), True), open_split(str(path), False)
+    except RuntimeError as e:
+        raise _missing(name, path, layout, True) from e
+
+
 def _split(
     name: str,
     train_base: Dataset,
@@ -66,7 +75,9 @@ def _split(
     )
 
 
-def _small_tf(mean: tuple, std: tuple, augment: bool, crop: int | None, flip: bool) -> tuple[Callable, Callable]:
+def _small_tf(
+    mean: tuple, std: tuple, augment: bool, crop: int | None, flip: bool
+) -> tuple[Callable, Callable]:
     norm = [T.ToTensor(), T.Normalize(mean, std)]
     train = []
     if augment and crop:
@@ -92,12 +103,7 @@ def _mnist_like(cls: type, name: str, mean: float, std: float):
             f"<root>/{cls.__name__}/raw/{{train-images-idx3-ubyte, train-labels-idx1-ubyte, "
             "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte}"
         )
-        path = _root(name, root, layout, True)
-        try:
-            train = cls(str(path), train=True, download=download)
-            test = cls(str(path), train=False, download=download)
-        except RuntimeError as e:
-            raise _missing(name, path, layout, True) from e
+        train, test = _open_pair(name, root, layout, lambda path, tr: cls(path, train=tr, download=download))
         train_tf, eval_tf = _small_tf((mean,), (std,), augment, crop=28, flip=False)
         return _split(name, train, test, train_tf, eval_tf, val_size, split_seed, 10, 1, 28)
 
@@ -164,18 +170,15 @@ def _cifar(classes: int):
         **_: object,
     ) -> DataBundle:
         layout = f"<root>/{folder}/{{{files}}} (the python pickle version)"
-        path = _root(name, root, layout, True)
         cls.verify = verify
-        try:
-            train = cls(str(path), train=True, download=download)
-            test = cls(str(path), train=False, download=download)
-        except RuntimeError as e:
-            raise _missing(name, path, layout, True) from e
+        train, test = _open_pair(name, root, layout, lambda path, tr: cls(path, train=tr, download=download))
         mean, std = CIFAR_STATS[classes]
         train_tf, eval_tf = _small_tf(mean, std, augment, crop=32, flip=True)
         return _split(name, train, test, train_tf, eval_tf, val_size, split_seed, classes, 3, 32)
 
-    build.__doc__ = f"CIFAR-{classes}: 50k/10k 32x32 colour images; augmentation: random crop 32 pad 4 + flip."
+    build.__doc__ = (
+        f"CIFAR-{classes}: 50k/10k 32x32 colour images; augmentation: random crop 32 pad 4 + flip."
+    )
     return build
 
 
@@ -194,14 +197,14 @@ def svhn(
 ) -> DataBundle:
     """SVHN (cropped digits, 73k/26k 32x32); augmentation: random crop 32 pad 4 (no flip: digits)."""
     layout = "<root>/{train_32x32.mat, test_32x32.mat}"
-    path = _root("svhn", root, layout, True)
     _SVHN.verify = verify
-    try:
-        train = _SVHN(str(path), split="train", download=download)
-        test = _SVHN(str(path), split="test", download=download)
-    except RuntimeError as e:
-        raise _missing("svhn", path, layout, True) from e
-    train_tf, eval_tf = _small_tf((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), augment, crop=32, flip=False)
+    splits = {True: "train", False: "test"}
+    train, test = _open_pair(
+        "svhn", root, layout, lambda path, tr: _SVHN(path, split=splits[tr], download=download)
+    )
+    train_tf, eval_tf = _small_tf(
+        (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), augment, crop=32, flip=False
+    )
     return _split("svhn", train, test, train_tf, eval_tf, val_size, split_seed, 10, 3, 32)
 
 
@@ -233,7 +236,9 @@ def tinyimagenet(
     layout = "<root>/train/<class>/<image> and <root>/val/<class>/<image> (val regrouped by class)"
     train, test, _ = _image_folder("tinyimagenet", root, layout)
     train_tf, eval_tf = _small_tf(IMAGENET_MEAN, IMAGENET_STD, augment, crop=64, flip=True)
-    return _split("tinyimagenet", train, test, train_tf, eval_tf, val_size, split_seed, len(train.classes), 3, 64)
+    return _split(
+        "tinyimagenet", train, test, train_tf, eval_tf, val_size, split_seed, len(train.classes), 3, 64
+    )
 
 
 def imagenet(
@@ -253,5 +258,9 @@ def imagenet(
     norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     resize = int(round(image_size * 256 / 224))
     eval_tf = T.Compose([T.Resize(resize), T.CenterCrop(image_size), *norm])
-    train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *norm]) if augment else eval_tf
-    return _split("imagenet", train, test, train_tf, eval_tf, val_size, split_seed, len(train.classes), 3, image_size)
+    train_tf = (
+        T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *norm]) if augment else eval_tf
+    )
+    return _split(
+        "imagenet", train, test, train_tf, eval_tf, val_size, split_seed, len(train.classes), 3, image_size
+    )
