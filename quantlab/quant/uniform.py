@@ -1,0 +1,91 @@
+"""Uniform affine quantization, simulated in float ("fake quantization").
+
+Round-to-nearest on the grid q ∈ [q_min, q_max] with x̂ = (clamp(round(x/s) + z, q_min, q_max) − z)·s
+(Jacob et al. 2018; Krishnamoorthi 2018):
+- symmetric: z = 0, s = max|x| / (2^(b−1) − 1), q ∈ [−(2^(b−1) − 1), 2^(b−1) − 1] (the narrow range, so
+  the grid is symmetric around an exactly representable 0);
+- asymmetric: s = (max − min) / (2^b − 1), z = q_min − round(min/s), q ∈ [0, 2^b − 1], the range widened
+  to contain 0;
+- per tensor, or per channel along an axis (weights: output channels);
+- 1 bit: sign(x)·s with s = mean|x| (per tensor or per channel).
+The rounding multiplies by 1/s exactly like torch's fake-quantize kernels, so the results equal
+`torch.fake_quantize_per_tensor_affine` / `..._per_channel_affine` for the same scale and zero point.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from quantlab.config import check_bits
+
+
+def int_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """The integer grid [q_min, q_max] of a `bits`-bit quantizer (2 ≤ bits ≤ 16)."""
+    check_bits(bits, "bits", low=2, high=16)
+    if symmetric:
+        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def qparams(x_min: Tensor, x_max: Tensor, bits: int, symmetric: bool) -> tuple[Tensor, Tensor]:
+    """Scale and (integer-valued) zero point for the range [x_min, x_max] (tensors: per channel)."""
+    q_min, q_max = int_range(bits, symmetric)
+    x_min = torch.clamp(x_min, max=0.0)
+    x_max = torch.clamp(x_max, min=0.0)
+    tiny = torch.finfo(torch.float32).tiny
+    if symmetric:
+        scale = torch.maximum(x_max, -x_min) / q_max
+        return scale.clamp_min(tiny), torch.zeros_like(scale)
+    scale = ((x_max - x_min) / (q_max - q_min)).clamp_min(tiny)
+    zero_point = torch.clamp(q_min - torch.round(x_min / scale), q_min, q_max)
+    return scale, zero_point
+
+
+def _along(t: Tensor, x: Tensor, axis: int | None) -> Tensor:
+    if axis is None or t.ndim == 0:
+        return t
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
+def fake_quantize(
+    x: Tensor, scale: Tensor, zero_point: Tensor, q_min: int, q_max: int, axis: int | None = None
+) -> Tensor:
+    """(clamp(round(x·(1/s)) + z, q_min, q_max) − z)·s, with s and z per tensor or along `axis`."""
+    s, z = _along(scale, x, axis), _along(zero_point, x, axis)
+    q = torch.clamp(torch.round(x * (1.0 / s)) + z, q_min, q_max)
+    return (q - z) * s
+
+
+def _reduce_dims(x: Tensor, axis: int | None) -> list[int]:
+    return [d for d in range(x.ndim) if d != axis] if axis is not None else list(range(x.ndim))
+
+
+def quantize_tensor(x: Tensor, bits: int, symmetric: bool = True, axis: int | None = None) -> Tensor:
+    """Fake-quantize with the min–max range of `x` itself (weights), per tensor or along `axis`."""
+    dims = _reduce_dims(x, axis)
+    if bits == 1:
+        scale = x.abs().mean(dim=dims, keepdim=True) if dims else x.abs()
+        return torch.where(x >= 0, scale, -scale)
+    x_min = x.amin(dim=dims) if dims else x
+    x_max = x.amax(dim=dims) if dims else x
+    scale, zero_point = qparams(x_min, x_max, bits, symmetric)
+    q_min, q_max = int_range(bits, symmetric)
+    return fake_quantize(x, scale, zero_point, q_min, q_max, axis)
+
+
+class _StraightThroughQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, bits: int, symmetric: bool, axis: int | None) -> Tensor:  # type: ignore[override]
+        return quantize_tensor(x, bits, symmetric, axis)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return grad, None, None, None
+
+
+def quantize_tensor_ste(x: Tensor, bits: int, symmetric: bool = True, axis: int | None = None) -> Tensor:
+    """`quantize_tensor` in the forward pass, the identity in the backward pass (for training)."""
+    return _StraightThroughQuant.apply(x, bits, symmetric, axis)
