@@ -8,6 +8,7 @@ num_workers > 0 the workers' augmentation streams are reseeded and only the orde
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -24,16 +25,17 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch)))
 
 
-class EpochLoader:
+class EpochLoader(ABC):
     """Common interface: `len(loader)` batches per epoch and `loader.iterate(epoch, start_batch)`."""
 
     batch_size: int
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
+    @abstractmethod
     def iterate(self, epoch: int = 0, start_batch: int = 0) -> Iterator[Batch]:
-        raise NotImplementedError
+        """The batches of `epoch` from batch `start_batch` on, in the epoch's fixed order."""
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iterate(0, 0)

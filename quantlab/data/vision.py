@@ -23,7 +23,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class DatasetMissing(QuantlabError):
-    pass
+    """The dataset's files are not where the config says (the message names the expected layout)."""
 
 
 def _root(name: str, root: str | None, layout: str, download_hint: bool) -> Path:
@@ -136,7 +136,7 @@ class _CIFAR10(tvd.CIFAR10):
 
 
 class _CIFAR100(_CIFAR10, tvd.CIFAR100):
-    pass
+    """CIFAR-100 with the same optional md5 verification."""
 
 
 class _SVHN(tvd.SVHN):
