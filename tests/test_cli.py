@@ -127,3 +127,43 @@ def test_two_job_multirun(workdir):
 def test_resume_requires_a_run(workdir):
     proc = quantlab("train", f"resume={workdir / 'nothing'}", cwd=workdir, check=False)
     assert proc.returncode != 0 and "checkpoints/last.pt" in proc.stderr
+
+
+def test_quantized_method_end_to_end(workdir):
+    quantlab("train", "method=md_tanh_s", "bitwidth=binary", "schedule.epochs=2", cwd=workdir)
+    (run,) = run_dirs(workdir / "outputs")
+    res = results(run)
+    assert res["status"] == "completed" and res["choices"]["method"] == "md_tanh_s"
+    assert {"test/acc", "test/acc_exported", "val/acc_exported", "method/beta"} <= set(res["metrics"])
+    assert res["metrics"]["method/beta"] == pytest.approx(1.2 ** (38 // 10))  # x1.2 every 10 steps
+    exported = __import__("torch").load(run / "exported.pt", weights_only=False)["model"]
+    conv = exported["0.weight"]
+    assert set(conv.unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_paper_preset_rows_in_a_real_multirun(workdir):
+    """A paper preset picks each job's row by its method (Hydra's runtime choices), on real files."""
+    from tests.fakedata import write_cifar10
+
+    root = write_cifar10(workdir / "data")
+    quantlab(
+        "train",
+        "-m",
+        "experiment=md_t1_cifar10_resnet18",
+        "method=md_tanh_s,bc",
+        "model=small_cnn",
+        f"dataset.root={root}",
+        "dataset.verify=false",
+        "dataset.val_size=10",
+        "schedule.iterations=3",
+        "schedule.batch_size=16",
+        cwd=workdir,
+    )
+    runs = {results(r)["choices"]["method"]: r for r in run_dirs(workdir / "outputs")}
+    assert set(runs) == {"md_tanh_s", "bc"}
+    import yaml
+
+    cfgs = {m: yaml.safe_load((r / "config.yaml").read_text()) for m, r in runs.items()}
+    assert cfgs["md_tanh_s"]["schedule"]["beta"]["interval"] == 200  # Table 8, CIFAR-10 ResNet-18
+    assert cfgs["bc"]["schedule"]["lr"]["scale"] == 0.3
+    assert cfgs["md_tanh_s"]["model"]["bn_affine"] is False
