@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from quantlab.results import existing_run
+
 USAGE = """usage: quantlab <command> [overrides ...]
 
 commands:
@@ -49,11 +51,7 @@ def _train_args(args: list[str]) -> list[str]:
         args = [a for a in args if not a.startswith("resume=")]
         return [*args, f"resume={run_dir}", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
     run_dir = _value(args, "hydra.run.dir")
-    if (
-        run_dir
-        and not multirun
-        and any((Path(run_dir) / m).exists() for m in ("results.json", "checkpoints"))
-    ):
+    if run_dir and not multirun and existing_run(run_dir):
         _fail(f"hydra.run.dir={run_dir}: already holds a run; pick a new directory or resume={run_dir}")
     sweep_dir = _value(args, "hydra.sweep.dir")
     if sweep_dir and multirun and Path(sweep_dir).is_dir() and any(Path(sweep_dir).iterdir()):

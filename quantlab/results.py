@@ -41,6 +41,14 @@ def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
         raise
 
 
+RUN_MARKERS = ("results.json", "checkpoints")
+
+
+def existing_run(run_dir: str | os.PathLike) -> bool:
+    """A directory that already holds a run (never overwritten except by resume)."""
+    return any((Path(run_dir) / m).exists() for m in RUN_MARKERS)
+
+
 def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads((Path(run_dir) / "results.json").read_text())
 

@@ -30,12 +30,11 @@ from quantlab.config import (
     validate_train_config,
 )
 from quantlab.console import console, error_line
-from quantlab.results import write_json_atomic
+from quantlab.results import existing_run, write_json_atomic
 from quantlab.runlog import RunLog
 
 log = logging.getLogger("quantlab")
 
-RUN_MARKERS = ("results.json", "checkpoints")
 RESOLVED = "config.yaml"  # the run's fully resolved config, written when it starts
 
 
@@ -63,11 +62,6 @@ def load_init(model: Any, source: str) -> None:
         f"init_from {source}: {loaded} tensors loaded; missing {len(result.missing_keys)}, "
         f"ignored {len(result.unexpected_keys)}"
     )
-
-
-def existing_run(run_dir: Path) -> bool:
-    """A directory that already holds a run (never overwritten except by resume)."""
-    return any((run_dir / m).exists() for m in RUN_MARKERS)
 
 
 def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:

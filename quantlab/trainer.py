@@ -130,6 +130,13 @@ class Trainer:
         self.amp_dtype = (torch.float16 if self.device.type == "cuda" else torch.bfloat16) if amp else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp and self.device.type == "cuda")
 
+        # Read once: the loop below runs every step and OmegaConf lookups are not free.
+        t = self.tcfg
+        self.grad_clip = float(t.grad_clip) if t.get("grad_clip") else None
+        self.log_every, self.eval_every, self.eval_unit = int(t.log_every), int(t.eval_every), t.eval_unit
+        self.ckpt_every_steps = int(t.get("checkpoint_every_steps") or 0)
+        self.ckpt_every = int(t.get("checkpoint_every") or 1)
+        self.hist_every = int(t.get("histogram_every") or 0)
         unit = self.tcfg.get("select_by", "auto")
         self.select_by = (
             ("val/acc_exported" if method.exported_differs else "val/acc") if unit == "auto" else unit
@@ -159,10 +166,9 @@ class Trainer:
         total = loss + sum(terms.values()) if terms else loss
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
-        clip = self.tcfg.get("grad_clip")
-        if clip:
+        if self.grad_clip:
             self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.scaler.step(self.opt)
         self.scaler.update()
         logged = self.method.on_step(self.model, self.clock.step, self.clock.epoch)
@@ -190,7 +196,7 @@ class Trainer:
             self.save_last()
 
     def _run_epoch(self, progress: _Progress | None) -> None:
-        clock, tcfg = self.clock, self.tcfg
+        clock = self.clock
         started = time.perf_counter()
         self.model.train()
         for x, y in self.train_loader.iterate(clock.epoch, clock.batch):
@@ -198,14 +204,13 @@ class Trainer:
             clock.step += 1
             clock.batch += 1
             self._accumulate(out)
-            if clock.step % int(tcfg.log_every) == 0:
+            if clock.step % self.log_every == 0:
                 self._flush_window()
             if progress is not None:
                 progress.update(clock, out)
-            if tcfg.eval_unit == "step" and clock.step % int(tcfg.eval_every) == 0:
+            if self.eval_unit == "step" and clock.step % self.eval_every == 0:
                 self.validate()
-            every = tcfg.get("checkpoint_every_steps")
-            if every and clock.step % int(every) == 0:
+            if self.ckpt_every_steps and clock.step % self.ckpt_every_steps == 0:
                 self.save_last()
             if clock.step >= self.total_steps:
                 break
@@ -216,14 +221,11 @@ class Trainer:
             return
         epoch = clock.epoch
         clock.epoch, clock.batch = epoch + 1, 0
-        if tcfg.eval_unit == "epoch" and (
-            clock.epoch % int(tcfg.eval_every) == 0 or clock.epoch == self.epochs
-        ):
+        if self.eval_unit == "epoch" and (clock.epoch % self.eval_every == 0 or clock.epoch == self.epochs):
             self.validate()
-        hist = int(tcfg.get("histogram_every") or 0)
-        if self.runlog is not None and hist and clock.epoch % hist == 0:
+        if self.runlog is not None and self.hist_every and clock.epoch % self.hist_every == 0:
             self.runlog.histograms(self.model, clock.step)
-        if clock.epoch % int(tcfg.get("checkpoint_every") or 1) == 0:
+        if clock.epoch % self.ckpt_every == 0:
             self.save_last()
         self._epoch_line(epoch, time.perf_counter() - started)
 

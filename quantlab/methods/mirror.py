@@ -92,13 +92,12 @@ class _SoftmaxFamily(WeightQuantizer):
     """softmax(β ũ) over any level set Q; export: q[argmax ũ]."""
 
     supported = (BINARY, TERNARY)
-
-    def project_fn(self) -> Callable[[Tensor, Tensor, float], Tensor]:
-        raise NotImplementedError  # abstract: every concrete method defines it
+    #: (ũ, β, q) -> w: the projection, with the backward pass that defines the method
+    project: Callable[[Tensor, float, Tensor], Tensor] = staticmethod(softmax_ste)
 
     def attach(self, module: nn.Module, name: str) -> None:
         levels = self.levels
-        fn = self.project_fn()
+        fn = self.project
         self.parametrize(module, name, lambda u, beta: fn(u, beta, levels), partial(_lift, levels=levels))
 
     def hard(self, aux: Tensor) -> Tensor:
@@ -112,9 +111,7 @@ class MDSoftmaxS(_SoftmaxFamily):
     """
 
     name = "md_softmax_s"
-
-    def project_fn(self):
-        return softmax_ste
+    project = staticmethod(softmax_ste)
 
 
 class PMF(_SoftmaxFamily):
@@ -131,9 +128,7 @@ class PMF(_SoftmaxFamily):
             raise ConfigError(f"method.jacobian={jacobian!r}: must be exact or pmf_code")
         super().__init__(*args, **kwargs)
         self.jacobian = jacobian
-
-    def project_fn(self):
-        return softmax_projection if self.jacobian == "exact" else softmax_pmf_code
+        self.project = softmax_projection if jacobian == "exact" else softmax_pmf_code
 
 
 # -- exact mirror descent: the optimizer updates the primal point -------------------------------------
