@@ -140,6 +140,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["ptq"]:  # `quantlab bench ptq ...`: the cost of a PTQ sweep
+        from quantlab import bench_ptq
+
+        bench_ptq.main(sys.argv[2:])
+        return
     args = parse_args(sys.argv[1:])
     rows = run(args)
     print_rows(rows)

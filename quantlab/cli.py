@@ -12,6 +12,7 @@ USAGE = """usage: quantlab <command> [overrides ...]
 commands:
   train    train a model with a quantization method, export it, evaluate float and exported
            (Hydra app: `quantlab train --help` lists the config groups; `-m` runs a grid)
+  ptq      sweep post-training quantization bit-widths on a finished run, into a new directory
   bench    training throughput of methods side by side, as ratios to `float`
 
 examples:
@@ -19,10 +20,12 @@ examples:
   quantlab train model=lenet5 schedule.epochs=5
   quantlab train -m method=float seed=0,1,2        # a multirun grid
   quantlab train resume=outputs/train/<run>        # continue an interrupted run
+  quantlab ptq run=outputs/train/<run> bitwidth.sweep=[[8,4],[6,4],[4,4]]
   quantlab bench --model resnet18 --methods float
 """
 
-COMMANDS = {"train": "quantlab.train", "bench": "quantlab.bench"}
+COMMANDS = {"train": "quantlab.train", "ptq": "quantlab.ptq", "bench": "quantlab.bench"}
+HYDRA_INFO = {"-h", "--help", "--hydra-help", "-c", "--cfg", "--info"}
 
 
 def _fail(message: str) -> None:
@@ -59,6 +62,25 @@ def _train_args(args: list[str]) -> list[str]:
     return args
 
 
+def _ptq_args(args: list[str]) -> list[str]:
+    """`run=` must name finished runs before Hydra creates an output directory."""
+    from quantlab.config import QuantlabError
+    from quantlab.ptq import check_source
+
+    runs = _value(args, "run")
+    which = _value(args, "checkpoint") or "best"
+    multirun = "-m" in args or "--multirun" in args
+    for run in runs.split(",") if runs and multirun else [runs]:
+        try:
+            check_source(run, which)
+        except QuantlabError as e:
+            _fail(str(e))
+    run_dir = _value(args, "hydra.run.dir")
+    if run_dir and not multirun and existing_run(run_dir):
+        _fail(f"hydra.run.dir={run_dir}: already holds a run; pick a new directory")
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -67,8 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
         _fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
-    if command == "train" and not ({"-h", "--help", "--hydra-help", "-c", "--cfg", "--info"} & set(rest)):
+    if command == "train" and not (HYDRA_INFO & set(rest)):
         rest = _train_args(rest)
+    if command == "ptq" and not (HYDRA_INFO & set(rest)):
+        rest = _ptq_args(rest)
     import importlib
 
     module = importlib.import_module(COMMANDS[command])

@@ -107,7 +107,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError("schedule.optimizer.lr: must be a number > 0")
     for key in ("bitwidth.weight_bits", "bitwidth.act_bits"):
         check_bits(_get(cfg, key), key, allow_none=True)
-    parse_sweep(_get(cfg, "bitwidth.sweep"))
+    parse_sweep(_get(cfg, "bitwidth.sweep"), high=16)
     for key in ("trainer.eval_every", "trainer.log_every"):
         _check_positive(cfg, key, integer=True)
     device = _get(cfg, "device")

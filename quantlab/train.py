@@ -1,5 +1,7 @@
 """`quantlab train`: compose the config, build dataset / model / method, train, test, write results.
 
+After the test, the post-training quantization sweep of `bitwidth.sweep` (quantlab.ptq) runs on
+the exported network, for float-weight methods or when `ptq.enabled=true`.
 The run directory holds .hydra/ (the composed config), tb/, checkpoints/{last,best}.pt,
 exported.pt, metrics.jsonl, train.log and results.json (see quantlab.results).
 """
@@ -30,6 +32,11 @@ from quantlab.config import (
     validate_train_config,
 )
 from quantlab.console import console, error_line
+from quantlab.ptq import info as ptq_info
+from quantlab.ptq import print_table as print_ptq_table
+from quantlab.ptq import scalars as ptq_scalars
+from quantlab.ptq import sweep_network, sweep_pairs, wants_sweep
+from quantlab.quant.ptq import PTQSettings
 from quantlab.results import existing_run, write_json_atomic
 from quantlab.runlog import RunLog
 
@@ -147,12 +154,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             (run_dir / RESOLVED).write_text(resolved)
         cfg = OmegaConf.create(resolved)
         validate_train_config(cfg)
+        ptq_settings = PTQSettings.from_config(cfg.get("ptq"))
+        pairs = sweep_pairs(cfg.bitwidth.get("sweep"))
         checkpoint.seed_everything(int(cfg.seed))
         data = build(cfg.dataset)
         model = build(cfg.model)
         if cfg.get("init_from") and not resume:
             load_init(model, str(cfg.init_from))
         method = build(cfg.method)
+        run_ptq = wants_sweep(ptq_settings, method, pairs)
         from quantlab.trainer import Trainer
 
         state = checkpoint.load(run_dir / "checkpoints" / "last.pt") if resume else None
@@ -168,13 +178,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"{trainer.epochs} epochs, {trainer.total_steps} steps, device {trainer.device}"
         )
         trainer.fit()
-        metrics, _ = trainer.test()
+        metrics, exported = trainer.test()
+        sweep = None
+        if run_ptq:
+            sweep = sweep_network(
+                exported,
+                pairs,
+                ptq_settings,
+                data,
+                trainer.test_loader,
+                method,
+                int(cfg.seed),
+                trainer.test_outputs,
+            )
+            runlog.scalars(ptq_scalars(sweep), trainer.clock.step, trainer.clock.epoch)
+            metrics.update(ptq_scalars(sweep))
+            results.update(ptq=sweep.entries, ptq_info=ptq_info(sweep, ptq_settings, pairs))
         runlog.hparams(cfg, metrics)
         timing = {**trainer.timing, "total_s": time.perf_counter() - started, "steps": trainer.clock.step}
         timing["step_ms"] = 1000.0 * timing["train_s"] / max(trainer.clock.step - (resume_step or 0), 1)
+        if sweep is not None:
+            timing["ptq_s"] = sweep.timing["total_s"]
         results.update(status="completed", metrics=metrics, timing=timing)
         write_json_atomic(results_path, results)
         print_summary(results, run_dir)
+        if sweep is not None:
+            print_ptq_table(sweep, "post-training quantization of the trained network")
         return results
     except BaseException as e:  # KeyboardInterrupt too: the run is marked failed, and can be resumed
         results.update(status="failed", error=f"{type(e).__name__}: {e}")

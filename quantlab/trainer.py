@@ -50,9 +50,14 @@ def resolve_device(name: str) -> torch.device:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: EpochLoader, top5: bool = False, amp_dtype: torch.dtype | None = None
+    model: nn.Module,
+    loader: EpochLoader,
+    top5: bool = False,
+    amp_dtype: torch.dtype | None = None,
+    outputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict:
-    """Top-1 accuracy (%), mean cross-entropy and, where asked, top-5 accuracy (%) over a loader."""
+    """Top-1 accuracy (%), mean cross-entropy and, where asked, top-5 accuracy (%) over a loader.
+    With `outputs`, each batch's (logits, labels) is appended to it (the PTQ sweep's float reference)."""
     was_training = model.training
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
@@ -63,6 +68,8 @@ def evaluate(
     for x, y in loader:
         with _autocast(device, amp_dtype):
             logits = model(x)
+        if outputs is not None:
+            outputs.append((logits.detach().float(), y))
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         if top5:
@@ -147,6 +154,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None  # {"metric": float, "step": int}
         self.window = self._empty_window()
         self.timing = {"train_s": 0.0, "eval_s": 0.0}
+        self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # -- one optimizer step ---------------------------------------------------------------------------
 
@@ -382,7 +390,9 @@ class Trainer:
             f"test/{k}": v for k, v in evaluate(self.model, self.test_loader, top5, self.amp_dtype).items()
         }
         exported = self.method.export(self.model)
-        raw = evaluate(exported, self.test_loader, top5, self.amp_dtype)
+        # The exported network's logits are the PTQ sweep's float reference (not under autocast).
+        self.test_outputs = [] if self.amp_dtype is None else None
+        raw = evaluate(exported, self.test_loader, top5, self.amp_dtype, self.test_outputs)
         metrics.update({f"test/{k}_exported": v for k, v in raw.items()})
         self.timing["test_s"] = time.perf_counter() - started
         checkpoint.atomic_save({"model": exported.state_dict()}, self.run_dir / "exported.pt")

@@ -37,7 +37,10 @@ def test_default_run_outputs(workdir):
     (run,) = run_dirs(workdir / "outputs")
     assert run.parent.name == "train"
     res = results(run)
-    assert res["status"] == "completed" and res["ptq"] == [] and res["overrides"] == FAST
+    assert res["status"] == "completed" and res["overrides"] == FAST
+    # the float default sweeps bitwidth=w8a8's pairs after training
+    assert [e["pair"] for e in res["ptq"]] == ["w8a8", "w6a6", "w4a4", "w3a3", "w2a2"]
+    assert res["metrics"]["ptq/acc_w8a8"] == res["ptq"][0]["acc"]
     m = res["metrics"]
     for key in ("test/acc", "test/acc_exported", "val/acc", "train/loss", "train/acc"):
         assert key in m
@@ -64,6 +67,7 @@ def test_default_run_outputs(workdir):
     assert any(t.startswith("weights/") for t in tags["histograms"])
     assert acc.PluginTagToContent("hparams"), "hparams missing from TensorBoard"
     assert "hparam/test/acc" in tags["scalars"]
+    assert {"ptq/acc_w8a8", "ptq/kl_w2a2"} <= set(tags["scalars"])
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == res["timing"]["steps"]
 
@@ -75,6 +79,9 @@ def test_default_run_outputs(workdir):
         ("schedule.optimizer.lr=-1", "schedule.optimizer.lr"),
         ("schedule.batch_size=0", "schedule.batch_size"),
         ("bitwidth.weight_bits=40", "bitwidth.weight_bits"),
+        ("bitwidth.sweep=[[8,17]]", "bitwidth.sweep[0][1]"),
+        ("bitwidth.sweep=[[8,4,2]]", "bitwidth.sweep[0]"),
+        ("ptq.act_range=best", "ptq.act_range"),
     ],
 )
 def test_bad_values_one_line_error(workdir, override, field):

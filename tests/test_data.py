@@ -45,6 +45,10 @@ def test_reads_real_format(name, tmp_path):
     assert 0 <= int(y) < bundle.num_classes
     xt, _ = bundle.test[0]
     assert tuple(xt.shape) == shape
+    # PTQ calibration reads the training images through the evaluation transform (no augmentation)
+    assert len(bundle.calibration) == len(bundle.train)
+    assert bundle.calibration.transform is bundle.test.transform
+    torch.testing.assert_close(bundle.calibration[0][0], bundle.calibration[0][0])
     loader = make_loader(bundle.train, 4, train=True)
     xb, yb = next(iter(loader))
     assert tuple(xb.shape) == (4, *shape) and yb.dtype == torch.long

@@ -18,6 +18,12 @@ class DataBundle:
     num_classes: int
     in_channels: int
     image_size: int
+    calib: Dataset | None = None  # the training images with the evaluation transform (PTQ calibration)
+
+    @property
+    def calibration(self) -> Dataset:
+        """Where PTQ calibration batches come from: training images, without augmentation."""
+        return self.calib if self.calib is not None else self.train
 
     @property
     def top5(self) -> bool:

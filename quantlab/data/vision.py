@@ -72,6 +72,7 @@ def _split(
         num_classes=num_classes,
         in_channels=in_channels,
         image_size=image_size,
+        calib=Transformed(train_base, train_idx, eval_tf),
     )
 
 

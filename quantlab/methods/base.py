@@ -31,6 +31,15 @@ class Method:
 
     #: True when `export` changes the network (then the exported model is evaluated on validation too).
     exported_differs: bool = False
+    #: `quantlab train` runs the PTQ sweep after training (ptq.enabled=auto) only for such methods:
+    #: binary and ternary methods skip it unless asked (ptq.enabled=true).
+    ptq_by_default: bool = True
+
+    @property
+    def trained_bits(self) -> tuple[int | None, int | None] | None:
+        """(weight bits, activation bits) of the grid the exported network was trained on, or None.
+        The PTQ sweep evaluates wider pairs also by ignoring the higher-order bits (quant.ptq)."""
+        return None
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Reparametrize weights, add scales or hooks. Default: the model unchanged."""

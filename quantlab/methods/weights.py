@@ -123,6 +123,7 @@ class WeightQuantizer(Method):
     """
 
     exported_differs = True
+    ptq_by_default = False
     supported: Sequence[tuple[float, ...]] = (BINARY, TERNARY)
     name = "weight quantizer"
 
@@ -155,6 +156,12 @@ class WeightQuantizer(Method):
     @property
     def ternary(self) -> bool:
         return len(self.levels_tuple) == 3
+
+    @property
+    def trained_bits(self) -> tuple[int | None, int | None]:
+        """Binary weights are the 1-bit grid (sign · scale), ternary ones lie on the 2-bit symmetric
+        grid {−1, 0, 1} · scale; activations stay in float."""
+        return (2 if self.ternary else 1), None
 
     # -- protocol ------------------------------------------------------------------------------------
 

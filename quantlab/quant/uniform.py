@@ -89,3 +89,41 @@ class _StraightThroughQuant(torch.autograd.Function):
 def quantize_tensor_ste(x: Tensor, bits: int, symmetric: bool = True, axis: int | None = None) -> Tensor:
     """`quantize_tensor` in the forward pass, the identity in the backward pass (for training)."""
     return _StraightThroughQuant.apply(x, bits, symmetric, axis)
+
+
+def activation_grid(lo: float, hi: float, bits: int, symmetric: bool) -> tuple[float, int, int, int]:
+    """(scale, zero point, q_min, q_max) of a per-tensor activation quantizer for the range [lo, hi].
+
+    - symmetric (zero point 0): a range that is non-negative (after a ReLU) uses the unsigned grid
+      [0, 2^b − 1] with s = hi / (2^b − 1); a signed range uses the narrow signed grid of
+      `int_range` with s = max(|lo|, |hi|) / (2^(b−1) − 1). A 1-bit signed range has no narrow grid;
+      it uses the two levels {−s, s}, s = max(|lo|, |hi|) / 2, returned as q ∈ [−1, 0] with zero point
+      0 shifted by ½ — see `fake_quantize_activation`.
+    - asymmetric: [0, 2^b − 1] with s = (hi − lo) / (2^b − 1) and an integer zero point (the range
+      widened to contain 0), as `qparams`.
+    The result feeds `torch.fake_quantize_per_tensor_affine(x, scale, zero_point, q_min, q_max)`.
+    """
+    check_bits(bits, "act_bits", low=1, high=16)
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    tiny = float(torch.finfo(torch.float32).tiny)
+    if symmetric and lo == 0.0:
+        q_max = 2**bits - 1
+        return max(hi / q_max, tiny), 0, 0, q_max
+    if symmetric:
+        bound = max(-lo, hi)
+        if bits == 1:
+            return max(bound / 2.0, tiny), 0, -1, 0
+        q_max = 2 ** (bits - 1) - 1
+        return max(bound / q_max, tiny), 0, -q_max, q_max
+    q_max = 2**bits - 1
+    scale = max((hi - lo) / q_max, tiny)
+    zero_point = int(min(max(-round(lo / scale), 0), q_max))
+    return scale, zero_point, 0, q_max
+
+
+def fake_quantize_activation(x: Tensor, grid: tuple[float, int, int, int]) -> Tensor:
+    """Fake-quantize an activation tensor on an `activation_grid` (torch's fused kernel)."""
+    scale, zero_point, q_min, q_max = grid
+    if (q_min, q_max) == (-1, 0):  # 1-bit signed: sign(x) · s
+        return torch.where(x >= 0, scale, -scale).to(x.dtype)
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, q_min, q_max)

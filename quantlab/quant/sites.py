@@ -1,0 +1,174 @@
+"""Where activations are fake-quantized, and which batch norm bounds each of those tensors.
+
+The network is a torch.fx GraphModule (see quant.fold). `instrument` inserts one `ActQuant`
+module per site:
+- placement "input" (the default): on the input of every conv / linear layer — the tensors the
+  integer matmuls consume, the network input included unless `quantize_network_input` is off;
+- placement "output": on the output of every conv / linear layer (after its batch norm, folded or
+  not), except a layer whose output is the network's output (the logits stay in float).
+For each site, the batch norm whose statistics bound the tensor is found by walking back through
+range-preserving operations: ReLU / ReLU6 (recorded as clamps), max / average pooling, flatten,
+view, dropout, identity. A site with no such batch norm (the network input, a residual sum) gets its
+range from calibration data instead (`ptq.act_fallback`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.fx import GraphModule, Node
+
+from quantlab.quant.ranges import Range, RangeObserver
+from quantlab.quant.uniform import fake_quantize_activation
+
+LAYERS = (nn.Conv2d, nn.Linear)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+_PASS_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+_PASS_FUNCTIONS = {
+    torch.flatten,
+    torch.reshape,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    F.dropout,
+}
+_PASS_METHODS = {"flatten", "view", "reshape", "contiguous"}
+_RELU: Range = (0.0, float("inf"))
+_RELU6: Range = (0.0, 6.0)
+PLACEMENTS = ("input", "output")
+
+
+class ActQuant(nn.Module):
+    """Observes (calibration) and/or fake-quantizes the tensor passing through; off: the identity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observer: RangeObserver | None = None
+        self.grid: tuple[float, int, int, int] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.observer is not None:
+            self.observer.update(x)
+        if self.grid is None:
+            return x
+        return fake_quantize_activation(x, self.grid)
+
+    def extra_repr(self) -> str:
+        return "off" if self.grid is None else f"scale={self.grid[0]:.4g}, q=[{self.grid[2]}, {self.grid[3]}]"
+
+
+@dataclass
+class Site:
+    """One activation quantizer: its module name, the layer it serves, its range source."""
+
+    name: str
+    layer: str
+    bn: nn.Module | None = None  # bounds the tensor (before `clamps`), or None: calibrate
+    clamps: list[Range] = field(default_factory=list)
+
+    @property
+    def data_free(self) -> bool:
+        return self.bn is not None
+
+
+def _clamp_of(node: Node, modules: dict[str, nn.Module]) -> Range | None:
+    if node.op == "call_module":
+        module = modules[str(node.target)]
+        if isinstance(module, nn.ReLU6):
+            return _RELU6
+        if isinstance(module, nn.ReLU):
+            return _RELU
+    if node.op == "call_function" and node.target in (F.relu, torch.relu):
+        return _RELU
+    if node.op == "call_method" and node.target == "relu":
+        return _RELU
+    return None
+
+
+def _passes_through(node: Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[str(node.target)], _PASS_MODULES)
+    if node.op == "call_function":
+        return node.target in _PASS_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in _PASS_METHODS
+    return False
+
+
+def bn_source(
+    node: Node, modules: dict[str, nn.Module], folded: dict[str, nn.Module]
+) -> tuple[nn.Module | None, list[Range]]:
+    """The batch norm that bounds `node`'s tensor, and the clamps between them (in forward order)."""
+    clamps: list[Range] = []
+    while isinstance(node, Node):
+        if node.op == "call_module":
+            target = str(node.target)
+            if isinstance(modules[target], _BN):
+                return modules[target], clamps[::-1]
+            if target in folded:
+                return folded[target], clamps[::-1]
+        clamp = _clamp_of(node, modules)
+        if clamp is not None:
+            clamps.append(clamp)
+        elif not _passes_through(node, modules):
+            return None, []
+        node = node.args[0]  # type: ignore[assignment]
+    return None, []
+
+
+def _module_name(layer: str, kind: str) -> str:
+    return f"act_{kind}_{layer.replace('.', '_')}"
+
+
+def instrument(
+    graph_module: GraphModule,
+    folded: dict[str, nn.Module],
+    placement: str = "input",
+    quantize_network_input: bool = True,
+) -> list[Site]:
+    """Insert an `ActQuant` at every site (in place); returns the sites in graph order."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"ptq.act_placement={placement!r}: must be one of {', '.join(PLACEMENTS)}")
+    modules = dict(graph_module.named_modules())
+    graph = graph_module.graph
+    sites: list[Site] = []
+    layer_nodes = [
+        n for n in graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], LAYERS)
+    ]
+    for node in layer_nodes:
+        layer = str(node.target)
+        if placement == "input":
+            source = node.args[0]
+            if not isinstance(source, Node) or (source.op == "placeholder" and not quantize_network_input):
+                continue
+            bn, clamps = bn_source(source, modules, folded)
+            site = Site(_module_name(layer, "in"), layer, bn, clamps)
+            graph_module.add_submodule(site.name, ActQuant())
+            with graph.inserting_before(node):
+                quant = graph.call_module(site.name, (source,))
+            node.replace_input_with(source, quant)
+        else:
+            tensor = node
+            users = list(node.users)
+            bn_after = len(users) == 1 and users[0].op == "call_module"
+            if layer not in folded and bn_after and isinstance(modules[str(users[0].target)], _BN):
+                tensor = users[0]
+            if any(u.op == "output" for u in tensor.users):
+                continue
+            bn, clamps = bn_source(tensor, modules, folded)
+            site = Site(_module_name(layer, "out"), layer, bn, clamps)
+            graph_module.add_submodule(site.name, ActQuant())
+            with graph.inserting_after(tensor):
+                quant = graph.call_module(site.name, (tensor,))
+            tensor.replace_all_uses_with(quant, delete_user_cb=lambda user, q=quant: user is not q)
+        sites.append(site)
+    graph.lint()
+    graph_module.recompile()
+    return sites
+
+
+def act_quantizers(model: nn.Module) -> dict[str, ActQuant]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, ActQuant)}
