@@ -138,7 +138,7 @@ def info(result: SweepResult, settings: PTQSettings, pairs: Sequence[Pair]) -> d
     return {
         "reference": result.reference,
         "pairs": [list(p) for p in pairs],
-        "settings": {k: v for k, v in vars(settings).items()},
+        "settings": dict(vars(settings)),
         "sites": result.sites,
         "timing": result.timing,
     }

@@ -11,7 +11,7 @@ from tests.conftest import FAST, quantlab, results, run_dirs
 
 def test_top_level_help(workdir):
     out = quantlab("--help", cwd=workdir).stdout
-    assert "train" in out and "bench" in out
+    assert "train" in out and "bench" in out and "ptq" in out
 
 
 def test_train_help_lists_groups_and_options(workdir):

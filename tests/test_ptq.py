@@ -351,3 +351,37 @@ def test_settings_errors_name_the_field(change, field):
 def test_settings_defaults_are_the_yaml():
     cfg = compose([])
     assert PTQSettings.from_config(cfg.ptq) == PTQSettings()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    bits=st.integers(1, 16),
+    symmetric=st.booleans(),
+    lo=st.floats(-100, -1e-3),
+    hi=st.floats(1e-3, 100),
+    nonneg=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_fast_activation_path_equals_torch_kernel(bits, symmetric, lo, hi, nonneg, seed):
+    """The in-place chain used at every site is bit for bit torch.fake_quantize_per_tensor_affine."""
+    grid = activation_grid(0.0 if nonneg else lo, hi, bits, symmetric)
+    if grid[2:] == (-1, 0):
+        return  # 1-bit signed: sign · s, tested above
+    x = torch.randn(3000, generator=torch.Generator().manual_seed(seed)) * (hi - lo) / 3
+    x[:5] = torch.tensor([0.5, -0.5, 1.5, 2.5, -2.5]) * grid[0]  # ties: round half to even
+    ref = torch.fake_quantize_per_tensor_affine(x, grid[0], grid[1], grid[2], grid[3])
+    assert torch.equal(fake_quantize_activation(x, grid), ref)
+
+
+def test_resnet_shortcut_shares_the_block_input_quantizer():
+    """A block's first conv and its 1x1 shortcut read the same tensor: one quantizer, one range."""
+    net = instantiate(compose(["model=resnet18", "dataset=synthetic"]).model).eval()
+    sweep = PTQSweep(net, PTQSettings(), fold=True)
+    layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    shortcuts = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d) and "downsample" in n]
+    assert len(shortcuts) == 3 and len(sweep.sites) == len(layers) - len(shortcuts)
+    model = sweep.build(Variant(8, None))
+    inputs = {str(n.target): n.args[0] for n in model.graph.nodes if n.op == "call_module"}
+    for name in shortcuts:
+        conv1 = name.replace("downsample.0", "conv1")
+        assert inputs[name] is inputs[conv1] and inputs[name].target.startswith("act_in_")

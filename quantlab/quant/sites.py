@@ -4,6 +4,7 @@ The network is a torch.fx GraphModule (see quant.fold). `instrument` inserts one
 module per site:
 - placement "input" (the default): on the input of every conv / linear layer — the tensors the
   integer matmuls consume, the network input included unless `quantize_network_input` is off;
+  layers that read the same tensor (a ResNet block's first conv and its shortcut) share one;
 - placement "output": on the output of every conv / linear layer (after its batch norm, folded or
   not), except a layer whose output is the network's output (the logits stay in float).
 For each site, the batch norm whose statistics bound the tensor is found by walking back through
@@ -135,6 +136,7 @@ def instrument(
     modules = dict(graph_module.named_modules())
     graph = graph_module.graph
     sites: list[Site] = []
+    shared: dict[Node, Node] = {}
     layer_nodes = [
         n for n in graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], LAYERS)
     ]
@@ -144,12 +146,16 @@ def instrument(
             source = node.args[0]
             if not isinstance(source, Node) or (source.op == "placeholder" and not quantize_network_input):
                 continue
+            if source in shared:  # layers reading the same tensor (a ResNet shortcut) share its quantizer
+                node.replace_input_with(source, shared[source])
+                continue
             bn, clamps = bn_source(source, modules, folded)
             site = Site(_module_name(layer, "in"), layer, bn, clamps)
             graph_module.add_submodule(site.name, ActQuant())
             with graph.inserting_before(node):
                 quant = graph.call_module(site.name, (source,))
             node.replace_input_with(source, quant)
+            shared[source] = quant
         else:
             tensor = node
             users = list(node.users)
