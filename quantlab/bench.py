@@ -28,7 +28,8 @@ def _build(model: str, method: str, args: argparse.Namespace, tmp: Path):
 
     from quantlab.trainer import Trainer
 
-    name, _, bitwidth = method.partition(":")
+    spec, *options = method.split(",")
+    name, _, bitwidth = spec.partition(":")
     overrides = [
         f"model={model}",
         "dataset=synthetic",
@@ -41,6 +42,8 @@ def _build(model: str, method: str, args: argparse.Namespace, tmp: Path):
         f"schedule.batch_size={args.batch_size}",
         f"device={args.device}",
         f"bitwidth={bitwidth or 'binary'}",  # float ignores it; quantized methods default to binary
+        *(f"method.{option}" for option in options),
+        "trainer.grad_norms_every=0",  # time the method's step alone
         *args.overrides,
     ]
     cfg = compose(overrides)
@@ -120,7 +123,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="quantlab bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", nargs="+", default=["resnet18"], help="model options (conf/model)")
     p.add_argument(
-        "--methods", nargs="+", default=["float"], help="method options, `name` or `name:bitwidth`"
+        "--methods",
+        nargs="+",
+        default=["float"],
+        help="method options: name[:bitwidth][,key=value...], e.g. md_tanh_s:ternary or grad_l1,estimator=fd",
     )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--image-size", type=int, default=32)

@@ -110,6 +110,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     parse_sweep(_get(cfg, "bitwidth.sweep"), high=16)
     for key in ("trainer.eval_every", "trainer.log_every"):
         _check_positive(cfg, key, integer=True)
+    norms_every = _get(cfg, "trainer.grad_norms_every")
+    if norms_every is not None and (
+        isinstance(norms_every, bool) or not isinstance(norms_every, int) or norms_every < 0
+    ):
+        raise ConfigError(f"trainer.grad_norms_every={norms_every!r}: must be an integer >= 0 or null")
     device = _get(cfg, "device")
     if device is not None and str(device).split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
         raise ConfigError(f"device={device!r}: must be auto, cpu, cuda, cuda:N or mps")

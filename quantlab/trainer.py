@@ -144,6 +144,8 @@ class Trainer:
         self.ckpt_every_steps = int(t.get("checkpoint_every_steps") or 0)
         self.ckpt_every = int(t.get("checkpoint_every") or 1)
         self.hist_every = int(t.get("histogram_every") or 0)
+        norms_every = t.get("grad_norms_every")
+        self.grad_norms_every = int(method.grad_norms_every if norms_every is None else norms_every)
         unit = self.tcfg.get("select_by", "auto")
         self.select_by = (
             ("val/acc_exported" if method.exported_differs else "val/acc") if unit == "auto" else unit
@@ -170,10 +172,9 @@ class Trainer:
         with _autocast(self.device, self.amp_dtype):
             logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y)
-        terms = self.method.penalty(self.model, loss, (x, y))
-        total = loss + sum(terms.values()) if terms else loss
+        norms = self._grad_norms(loss) if self._norms_due() else {}
         self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        terms = self.method.backward(self.model, loss, (x, y), self.scaler.scale)
         if self.grad_clip:
             self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -186,8 +187,19 @@ class Trainer:
             "n": len(y),
             "terms": {k: v.detach() for k, v in terms.items()},
             "logged": logged,
+            "norms": norms,
             "lr": lr,
         }
+
+    def _norms_due(self) -> bool:
+        return bool(self.grad_norms_every) and self.clock.step % self.grad_norms_every == 0
+
+    def _grad_norms(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        """ℓ1, ℓ2, ℓ∞ norms of ∇_W L (the task loss; W: every weight tensor of ≥ 2 dimensions)."""
+        weights = [p for p in self.model.parameters() if p.requires_grad and p.ndim > 1]
+        grads = torch.autograd.grad(loss, weights, retain_graph=True, allow_unused=True)
+        flat = torch.cat([g.detach().float().reshape(-1) for g in grads if g is not None])
+        return {"l1": flat.abs().sum(), "l2": flat.norm(), "linf": flat.abs().max()}
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -249,7 +261,17 @@ class Trainer:
     # -- metrics windows ----------------------------------------------------------------------------
 
     def _empty_window(self) -> dict[str, Any]:
-        return {"loss": 0.0, "correct": 0, "n": 0, "steps": 0, "terms": {}, "logged": {}, "lr": 0.0}
+        return {
+            "loss": 0.0,
+            "correct": 0,
+            "n": 0,
+            "steps": 0,
+            "terms": {},
+            "logged": {},
+            "lr": 0.0,
+            "norms": {},
+            "norm_steps": 0,
+        }
 
     def _accumulate(self, out: dict[str, Any]) -> None:
         w = self.window
@@ -260,6 +282,10 @@ class Trainer:
         for k, v in out["terms"].items():
             w["terms"][k] = w["terms"].get(k, 0.0) + v
         w["logged"].update(out["logged"])  # on_step values: the latest one is logged (β, λ, ...)
+        if out["norms"]:
+            for k, v in out["norms"].items():
+                w["norms"][k] = w["norms"].get(k, 0.0) + v
+            w["norm_steps"] += 1
         w["lr"] = out["lr"]
 
     def _flush_window(self) -> None:
@@ -273,6 +299,7 @@ class Trainer:
         }
         values.update({f"method/{k}": float(v) / w["steps"] for k, v in w["terms"].items()})
         values.update({f"method/{k}": float(v) for k, v in w["logged"].items()})
+        values.update({f"train/grad_norm_{k}": float(v) / w["norm_steps"] for k, v in w["norms"].items()})
         self._log(values)
         self.window = self._empty_window()
 
@@ -336,6 +363,7 @@ class Trainer:
                 "loss": float(self.window["loss"]),
                 "correct": int(self.window["correct"]),
                 "terms": {k: float(v) for k, v in self.window["terms"].items()},
+                "norms": {k: float(v) for k, v in self.window["norms"].items()},
             },
             "last_logged": self.last_logged,
             "timing": self.timing,
@@ -368,7 +396,7 @@ class Trainer:
         self.clock = Clock(**state["clock"])
         self.best = state["best"]
         self.last_eval_step = state["last_eval_step"]
-        self.window = state["window"]
+        self.window = {**self._empty_window(), **state["window"]}
         self.last_logged = state["last_logged"]
         self.timing = state["timing"]
         checkpoint.set_rng_state(state["rng"])

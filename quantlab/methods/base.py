@@ -5,8 +5,9 @@ Call order, per run:
     opt = method.optimizer(model, schedule_cfg)    # once
     for each step:
         loss = task loss (cross-entropy)
-        terms = method.penalty(model, loss, batch)  # named regularization terms, summed into the loss
-        backward, optimizer step
+        terms = method.backward(model, loss, batch, scale)  # default: penalty terms summed into the
+                                                    # loss, then backward; a method may fill .grad itself
+        optimizer step
         logged = method.on_step(model, step, epoch) # projections, prox steps, β updates
     exported = method.export(model)                 # hard-quantized copy, evaluated beside the model
     method.state_dict() / load_state_dict()         # saved in every checkpoint (exact resume)
@@ -18,6 +19,7 @@ names a method: a new method is a subclass here plus conf/method/<name>.yaml.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,6 +36,9 @@ class Method:
     #: `quantlab train` runs the PTQ sweep after training (ptq.enabled=auto) only for such methods:
     #: binary and ternary methods skip it unless asked (ptq.enabled=true).
     ptq_by_default: bool = True
+    #: every N steps the trainer logs the ℓ1, ℓ2, ℓ∞ norms of the task loss's gradient with respect to
+    #: the weight tensors (train/grad_norm_*; 0: only when trainer.grad_norms_every asks).
+    grad_norms_every: int = 0
 
     @property
     def trained_bits(self) -> tuple[int | None, int | None] | None:
@@ -62,6 +67,20 @@ class Method:
     def penalty(self, model: nn.Module, loss: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
         """Named regularization terms added to the task loss. Default: none."""
         return {}
+
+    def backward(
+        self, model: nn.Module, loss: torch.Tensor, batch: Any, scale: Callable[[torch.Tensor], torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Fill the parameters' .grad for this step and return the named penalty terms (for logging).
+
+        Default: (loss + Σ penalty terms) scaled by `scale` (the AMP grad scaler), then backward.
+        A method whose gradient is not the backward of a scalar (e.g. a finite-difference
+        Hessian-vector product) overrides this and writes `scale(grad)` into each .grad itself.
+        """
+        terms = self.penalty(model, loss, batch)
+        total = loss + sum(terms.values()) if terms else loss
+        scale(total).backward()
+        return terms
 
     def on_step(self, model: nn.Module, step: int, epoch: int) -> dict[str, float]:
         """Called after each optimizer step (`step` counts steps before it, from 0). Default: nothing."""

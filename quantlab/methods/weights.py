@@ -93,7 +93,7 @@ def _identity(x: Tensor, beta: float) -> Tensor:
     return x
 
 
-def _unparametrize(module: nn.Module, values: dict[str, Tensor]) -> None:
+def unparametrize(module: nn.Module, values: dict[str, Tensor]) -> None:
     """Turn a parametrized module back into its plain class holding `values`.
 
     `parametrize.remove_parametrizations` edits the module's class, which a deepcopy shares with
@@ -197,7 +197,7 @@ class WeightQuantizer(Method):
                 if parametrize.is_parametrized(module):
                     source = model.get_submodule(path)
                     names = list(module.parametrizations.keys())
-                    _unparametrize(module, {n: hard.get((path, n), getattr(source, n)) for n in names})
+                    unparametrize(module, {n: hard.get((path, n), getattr(source, n)) for n in names})
             for (path, name), value in hard.items():
                 exported.get_submodule(path)._parameters[name] = nn.Parameter(
                     value.clone(), requires_grad=False
