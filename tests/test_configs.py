@@ -124,7 +124,7 @@ def check_experiment(option: str) -> None:
         cfg = compose([f"experiment={option}", f"method={method}"])
         resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         row = OmegaConf.select(resolved, "preset.row", default=None)
-        if row is not None:
+        if row is not None and "lr" in row:
             assert resolved.schedule.optimizer.lr == row.lr
             if "beta_scale" in row:
                 assert resolved.schedule.beta.scale == row.beta_scale
@@ -137,6 +137,23 @@ def check_experiment(option: str) -> None:
         assert opt.param_groups[0]["lr"] == resolved.schedule.optimizer.lr
         for key in ("lr", "beta", "lam"):
             assert isinstance(instantiate(resolved.schedule[key])(0, 0), float)
+
+
+def test_gradient_l1_presets_cover_tables_1_and_2():
+    from quantlab.config import check_missing
+
+    for name, sweep in [
+        ("gl1_t1_cifar10_vgg_small", [[8, 4], [6, 4], [4, 4]]),
+        ("gl1_t1_cifar10_resnet18", [[8, 4], [6, 4], [4, 4]]),
+        ("gl1_t2_imagenet_resnet18", [[8, 8], [6, 6], [4, 4]]),
+    ]:
+        assert experiment_methods(name) == ["float", "dq", "grad_l2", "grad_l1", "ste"]
+        cfg = compose([f"experiment={name}", "method=grad_l1"])
+        assert cfg.bitwidth.sweep == sweep and cfg.method.last_epochs == 15
+        ste = compose([f"experiment={name}", "method=ste", "bitwidth=w6a4"])
+        with pytest.raises(ConfigError, match="init_from"):
+            check_missing(ste)
+        assert compose([f"experiment={name}", "method=dq"]).schedule.optimizer.weight_decay == 0.0
 
 
 def test_paper_presets_cover_the_tables():
