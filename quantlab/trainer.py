@@ -83,6 +83,29 @@ def evaluate(
     return out
 
 
+def gradient_norms(model: nn.Module, loader: EpochLoader) -> dict[str, float]:
+    """Mean over batches of the ℓ1, ℓ2, ℓ∞ norms of ∇_W L (W: every weight tensor of ≥ 2 dims), eval mode."""
+    was_training = model.training
+    model.eval()
+    weights = [p for p in model.parameters() if p.ndim > 1]
+    frozen = [p for p in weights if not p.requires_grad]  # e.g. an export's hard-quantized tensors
+    for p in frozen:
+        p.requires_grad_(True)
+    sums, batches = {"l1": 0.0, "l2": 0.0, "linf": 0.0}, 0
+    with torch.enable_grad():
+        for x, y in loader:
+            grads = torch.autograd.grad(F.cross_entropy(model(x).float(), y), weights, allow_unused=True)
+            flat = torch.cat([g.detach().reshape(-1) for g in grads if g is not None])
+            sums["l1"] += float(flat.abs().sum())
+            sums["l2"] += float(flat.norm())
+            sums["linf"] += float(flat.abs().max())
+            batches += 1
+    for p in frozen:
+        p.requires_grad_(False)
+    model.train(was_training)
+    return {k: v / max(batches, 1) for k, v in sums.items()}
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
@@ -422,6 +445,10 @@ class Trainer:
         self.test_outputs = [] if self.amp_dtype is None else None
         raw = evaluate(exported, self.test_loader, top5, self.amp_dtype, self.test_outputs)
         metrics.update({f"test/{k}_exported": v for k, v in raw.items()})
+        if self.grad_norms_every:  # Fig. 2 of the gradient-L1 paper: norms over the test batches
+            metrics.update(
+                {f"test/grad_norm_{k}": v for k, v in gradient_norms(exported, self.test_loader).items()}
+            )
         self.timing["test_s"] = time.perf_counter() - started
         checkpoint.atomic_save({"model": exported.state_dict()}, self.run_dir / "exported.pt")
         final_train = {k: v for k, v in self.last_logged.items() if k.startswith(("train/", "method/"))}

@@ -264,3 +264,20 @@ def test_logged_gradient_norms_are_those_of_the_task_loss(tmp_path):
     torch.testing.assert_close(norms["l1"], flat.abs().sum())
     torch.testing.assert_close(norms["l2"], flat.norm())
     torch.testing.assert_close(norms["linf"], flat.abs().max())
+
+
+def test_test_set_gradient_norms(tmp_path):
+    """test/grad_norm_*: the mean over test batches of the norms of ∇_W L (Fig. 2's quantities)."""
+    from quantlab.trainer import gradient_norms
+
+    model = _tiny(dtype=torch.float32, bn=False)
+    batches = [_batch(torch.float32, n=8) for _ in range(2)]
+    norms = gradient_norms(model, batches)
+    expect = {"l1": 0.0, "l2": 0.0, "linf": 0.0}
+    weights = [m.weight for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for x, y in batches:
+        g = torch.cat([t.flatten() for t in torch.autograd.grad(F.cross_entropy(model(x), y), weights)])
+        expect["l1"] += float(g.abs().sum()) / 2
+        expect["l2"] += float(g.norm()) / 2
+        expect["linf"] += float(g.abs().max()) / 2
+    assert norms == pytest.approx(expect, rel=1e-6)
