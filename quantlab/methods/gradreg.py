@@ -35,18 +35,17 @@ def quantized_weights(model: nn.Module) -> list[Tensor]:
 
 
 def norm_of(grads: list[Tensor], p: int) -> Tensor:
-    """‖g‖_p of the concatenation of `grads` (p = 1 or 2)."""
-    if p == 1:
-        return sum(g.abs().sum() for g in grads)  # type: ignore[return-value]
-    return torch.sqrt(sum(g.square().sum() for g in grads))  # type: ignore[arg-type]
+    """‖g‖_p of the concatenation of `grads` (p = 1 or 2), one fused reduction per tensor."""
+    norms = torch.stack([torch.linalg.vector_norm(g, ord=p) for g in grads])
+    return norms.sum() if p == 1 else torch.linalg.vector_norm(norms, ord=2)
 
 
-def norm_direction(grads: list[Tensor], p: int) -> list[Tensor]:
-    """∂‖g‖_p / ∂g: sign(g) for p = 1, g / ‖g‖₂ for p = 2."""
+def norm_direction_(grads: list[Tensor], p: int, factor: float) -> list[Tensor]:
+    """factor · ∂‖g‖_p / ∂g (factor · sign(g) for p = 1, factor · g / ‖g‖₂ for p = 2), in place."""
     if p == 1:
-        return [g.sign() for g in grads]
-    total = norm_of(grads, 2).clamp_min(torch.finfo(torch.float32).tiny)
-    return [g / total for g in grads]
+        return [g.sign_().mul_(factor) for g in grads]
+    total = float(norm_of(grads, 2).clamp_min(torch.finfo(torch.float32).tiny))
+    return [g.mul_(factor / total) for g in grads]
 
 
 class ActivationTap:
@@ -206,8 +205,8 @@ class GradientPenalty(Method):
         value = lam_w * norm_of(g_w, self.norm) + (lam_y * norm_of(g_y, self.norm) if g_y else 0.0)
 
         eps = self.fd_eps
-        v_w = [lam_w * d for d in norm_direction(g_w, self.norm)]
-        v_y = [lam_y * eps * d for d in norm_direction(g_y, self.norm)] if g_y else None
+        v_w = norm_direction_([g.clone() for g in g_w], self.norm, lam_w)
+        v_y = norm_direction_(g_y, self.norm, lam_y * eps) if g_y else None  # g_y is ours: in place
         saved = [w.detach().clone() for w in self.weights]
         bn_state = {id(m): [b.clone() for b in m.buffers()] for m in model.modules() if isinstance(m, _BN)}
         rng_after = torch.random.get_rng_state()
