@@ -31,6 +31,7 @@ def _setup(model: str, args: argparse.Namespace):
     from hydra.utils import instantiate
 
     from quantlab.data import make_loader
+    from quantlab.trainer import resolve_device
 
     cfg = compose(
         [
@@ -44,9 +45,7 @@ def _setup(model: str, args: argparse.Namespace):
     )
     torch.manual_seed(0)
     data = instantiate(cfg.dataset)
-    device = torch.device(
-        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = resolve_device(args.device)
     net = instantiate(cfg.model).to(device)
     calib = make_loader(data.train, args.batch_size, train=True, device=device)
     test = make_loader(data.test, args.batch_size, train=False, device=device)

@@ -31,7 +31,7 @@ from quantlab.console import console, error_line
 from quantlab.data import DataBundle, EpochLoader, make_loader
 from quantlab.methods.base import Method
 from quantlab.quant.ptq import Pair, PTQSettings, SweepResult, run_sweep
-from quantlab.results import existing_run, write_json_atomic
+from quantlab.results import existing_run, read_results, recorded, write_json_atomic
 from quantlab.runlog import RunLog
 
 log = logging.getLogger("quantlab")
@@ -197,54 +197,52 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "timing": {},
     }
     results_path = out_dir / "results.json"
-    write_json_atomic(results_path, results)
     runlog = None
-    try:
-        settings = PTQSettings.from_config(OmegaConf.to_container(cfg.ptq, resolve=True))
-        run_cfg = OmegaConf.load(source / "config.yaml")
-        sweep = cfg.bitwidth.sweep if cfg.bitwidth.get("sweep") is not None else run_cfg.bitwidth.get("sweep")
-        pairs = sweep_pairs(OmegaConf.to_container(sweep) if sweep is not None else None)
-        if not pairs:
-            raise ConfigError(
-                "bitwidth.sweep: empty (the run has none); give pairs, e.g. bitwidth.sweep=[[8,8],[4,4]]"
+    with recorded(results_path, results, started):
+        try:
+            settings = PTQSettings.from_config(OmegaConf.to_container(cfg.ptq, resolve=True))
+            run_cfg = OmegaConf.load(source / "config.yaml")
+            sweep = (
+                cfg.bitwidth.sweep if cfg.bitwidth.get("sweep") is not None else run_cfg.bitwidth.get("sweep")
             )
-        source_results = source / "results.json"
-        if source_results.is_file():
-            import json
+            pairs = sweep_pairs(OmegaConf.to_container(sweep) if sweep is not None else None)
+            if not pairs:
+                raise ConfigError(
+                    "bitwidth.sweep: empty (the run has none); give pairs, e.g. bitwidth.sweep=[[8,8],[4,4]]"
+                )
+            if (source / "results.json").is_file():
+                results["source_choices"] = read_results(source).get("choices", {})
+            device = resolve_device(str(cfg.device))
+            checkpoint.seed_everything(int(cfg.seed))
+            from quantlab.train import build
 
-            results["source_choices"] = json.loads(source_results.read_text()).get("choices", {})
-        device = resolve_device(str(cfg.device))
-        checkpoint.seed_everything(int(cfg.seed))
-        from quantlab.train import build
-
-        data = build(run_cfg.dataset)
-        network, method = load_network(source, str(cfg.checkpoint), run_cfg, device)
-        eval_bs = cfg.get("eval_batch_size") or run_cfg.trainer.get("eval_batch_size")
-        eval_bs = int(eval_bs or 2 * int(run_cfg.schedule.batch_size))
-        test_loader = make_loader(data.test, eval_bs, train=False, device=device)
-        runlog = RunLog(out_dir)
-        result = sweep_network(network, pairs, settings, data, test_loader, method, int(cfg.seed))
-        metrics = {**{f"reference/{k}": v for k, v in result.reference.items()}, **scalars(result)}
-        runlog.scalars(scalars(result), 0, 0)
-        results.update(
-            status="completed", metrics=metrics, ptq=result.entries, ptq_info=info(result, settings, pairs)
-        )
-        results["timing"] = {
-            "total_s": time.perf_counter() - started,
-            **{f"ptq_{k}": v for k, v in result.timing.items()},
-        }
-        write_json_atomic(results_path, results)
-        print_table(result, f"quantlab ptq — {source.name} ({cfg.checkpoint} checkpoint)")
-        console.print(f"results: {results_path}")
-        return results
-    except BaseException as e:
-        results.update(status="failed", error=f"{type(e).__name__}: {e}")
-        results["timing"]["total_s"] = time.perf_counter() - started
-        write_json_atomic(results_path, results)
-        raise
-    finally:
-        if runlog is not None:
-            runlog.close()
+            data = build(run_cfg.dataset)
+            network, method = load_network(source, str(cfg.checkpoint), run_cfg, device)
+            eval_bs = cfg.get("eval_batch_size") or run_cfg.trainer.get("eval_batch_size")
+            eval_bs = int(eval_bs or 2 * int(run_cfg.schedule.batch_size))
+            test_loader = make_loader(data.test, eval_bs, train=False, device=device)
+            runlog = RunLog(out_dir)
+            result = sweep_network(network, pairs, settings, data, test_loader, method, int(cfg.seed))
+            swept = scalars(result)
+            runlog.scalars(swept, 0, 0)
+            metrics = {**{f"reference/{k}": v for k, v in result.reference.items()}, **swept}
+            results.update(
+                status="completed",
+                metrics=metrics,
+                ptq=result.entries,
+                ptq_info=info(result, settings, pairs),
+            )
+            results["timing"] = {
+                "total_s": time.perf_counter() - started,
+                **{f"ptq_{k}": v for k, v in result.timing.items()},
+            }
+            write_json_atomic(results_path, results)
+            print_table(result, f"quantlab ptq — {source.name} ({cfg.checkpoint} checkpoint)")
+            console.print(f"results: {results_path}")
+            return results
+        finally:
+            if runlog is not None:
+                runlog.close()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="ptq")

@@ -8,10 +8,13 @@ made the run), and run facts (method, model, dataset, best checkpoint).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,20 @@ def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def recorded(path: Path, results: dict[str, Any], started: float) -> Iterator[dict[str, Any]]:
+    """Write `results` (status "running") to `path`; if the body raises anything (KeyboardInterrupt
+    too), rewrite it as "failed" with the error and the total time, then re-raise."""
+    write_json_atomic(path, results)
+    try:
+        yield results
+    except BaseException as e:
+        results.update(status="failed", error=f"{type(e).__name__}: {e}")
+        results.setdefault("timing", {})["total_s"] = time.perf_counter() - started
+        write_json_atomic(path, results)
         raise
 
 

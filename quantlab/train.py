@@ -37,7 +37,7 @@ from quantlab.ptq import print_table as print_ptq_table
 from quantlab.ptq import scalars as ptq_scalars
 from quantlab.ptq import sweep_network, sweep_pairs, wants_sweep
 from quantlab.quant.ptq import PTQSettings
-from quantlab.results import existing_run, write_json_atomic
+from quantlab.results import existing_run, recorded, write_json_atomic
 from quantlab.runlog import RunLog
 
 log = logging.getLogger("quantlab")
@@ -140,79 +140,75 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "timing": {},
     }
     results_path = run_dir / "results.json"
-    write_json_atomic(results_path, results)
     runlog = None
-    try:
-        choices = hc.runtime.choices
-        check_preset_row(cfg, choices.get("method"), choices.get("experiment"))
-        check_missing(cfg)
+    with recorded(results_path, results, started):  # KeyboardInterrupt too: marked failed, resumable
         try:
-            resolved = OmegaConf.to_yaml(cfg, resolve=True)
-        except OmegaConfBaseException as e:
-            raise ConfigError(" ".join(str(e).split())) from None
-        if not resume:
-            (run_dir / RESOLVED).write_text(resolved)
-        cfg = OmegaConf.create(resolved)
-        validate_train_config(cfg)
-        ptq_settings = PTQSettings.from_config(cfg.get("ptq"))
-        pairs = sweep_pairs(cfg.bitwidth.get("sweep"))
-        checkpoint.seed_everything(int(cfg.seed))
-        data = build(cfg.dataset)
-        model = build(cfg.model)
-        if cfg.get("init_from") and not resume:
-            load_init(model, str(cfg.init_from))
-        method = build(cfg.method)
-        run_ptq = wants_sweep(ptq_settings, method, pairs)
-        from quantlab.trainer import Trainer
+            choices = hc.runtime.choices
+            check_preset_row(cfg, choices.get("method"), choices.get("experiment"))
+            check_missing(cfg)
+            try:
+                resolved = OmegaConf.to_yaml(cfg, resolve=True)
+            except OmegaConfBaseException as e:
+                raise ConfigError(" ".join(str(e).split())) from None
+            if not resume:
+                (run_dir / RESOLVED).write_text(resolved)
+            cfg = OmegaConf.create(resolved)
+            validate_train_config(cfg)
+            ptq_settings = PTQSettings.from_config(cfg.get("ptq"))
+            pairs = sweep_pairs(cfg.bitwidth.get("sweep"))
+            checkpoint.seed_everything(int(cfg.seed))
+            data = build(cfg.dataset)
+            model = build(cfg.model)
+            if cfg.get("init_from") and not resume:
+                load_init(model, str(cfg.init_from))
+            method = build(cfg.method)
+            run_ptq = wants_sweep(ptq_settings, method, pairs)
+            from quantlab.trainer import Trainer
 
-        state = checkpoint.load(run_dir / "checkpoints" / "last.pt") if resume else None
-        resume_step = state["clock"]["step"] if state else None
-        runlog = RunLog(run_dir, resume_step)
-        trainer = Trainer(model, method, data, cfg, run_dir, runlog)
-        if state:
-            trainer.load_state(state)
-            del state
-            log.info(f"resumed {run_dir} at step {trainer.clock.step}/{trainer.total_steps}")
-        log.info(
-            f"{cfg.method._target_.rsplit('.', 1)[-1]} on {data.name} with {type(model).__name__}: "
-            f"{trainer.epochs} epochs, {trainer.total_steps} steps, device {trainer.device}"
-        )
-        trainer.fit()
-        metrics, exported = trainer.test()
-        sweep = None
-        if run_ptq:
-            sweep = sweep_network(
-                exported,
-                pairs,
-                ptq_settings,
-                data,
-                trainer.test_loader,
-                method,
-                int(cfg.seed),
-                trainer.test_outputs,
+            state = checkpoint.load(run_dir / "checkpoints" / "last.pt") if resume else None
+            resume_step = state["clock"]["step"] if state else None
+            runlog = RunLog(run_dir, resume_step)
+            trainer = Trainer(model, method, data, cfg, run_dir, runlog)
+            if state:
+                trainer.load_state(state)
+                del state
+                log.info(f"resumed {run_dir} at step {trainer.clock.step}/{trainer.total_steps}")
+            log.info(
+                f"{cfg.method._target_.rsplit('.', 1)[-1]} on {data.name} with {type(model).__name__}: "
+                f"{trainer.epochs} epochs, {trainer.total_steps} steps, device {trainer.device}"
             )
-            runlog.scalars(ptq_scalars(sweep), trainer.clock.step, trainer.clock.epoch)
-            metrics.update(ptq_scalars(sweep))
-            results.update(ptq=sweep.entries, ptq_info=ptq_info(sweep, ptq_settings, pairs))
-        runlog.hparams(cfg, metrics)
-        timing = {**trainer.timing, "total_s": time.perf_counter() - started, "steps": trainer.clock.step}
-        timing["step_ms"] = 1000.0 * timing["train_s"] / max(trainer.clock.step - (resume_step or 0), 1)
-        if sweep is not None:
-            timing["ptq_s"] = sweep.timing["total_s"]
-        results.update(status="completed", metrics=metrics, timing=timing)
-        write_json_atomic(results_path, results)
-        print_summary(results, run_dir)
-        if sweep is not None:
-            print_ptq_table(sweep, "post-training quantization of the trained network")
-        return results
-    except BaseException as e:  # KeyboardInterrupt too: the run is marked failed, and can be resumed
-        results.update(status="failed", error=f"{type(e).__name__}: {e}")
-        results["timing"]["total_s"] = time.perf_counter() - started
-        write_json_atomic(results_path, results)
-        raise
-    finally:
-        if runlog is not None:
-            runlog.close()
+            trainer.fit()
+            metrics, exported = trainer.test()
+            sweep = None
+            if run_ptq:
+                sweep = sweep_network(
+                    exported,
+                    pairs,
+                    ptq_settings,
+                    data,
+                    trainer.test_loader,
+                    method,
+                    int(cfg.seed),
+                    trainer.test_outputs,
+                )
+                swept = ptq_scalars(sweep)
+                runlog.scalars(swept, trainer.clock.step, trainer.clock.epoch)
+                metrics.update(swept)
+                results.update(ptq=sweep.entries, ptq_info=ptq_info(sweep, ptq_settings, pairs))
+            runlog.hparams(cfg, metrics)
+            timing = {**trainer.timing, "total_s": time.perf_counter() - started, "steps": trainer.clock.step}
+            timing["step_ms"] = 1000.0 * timing["train_s"] / max(trainer.clock.step - (resume_step or 0), 1)
+            if sweep is not None:
+                timing["ptq_s"] = sweep.timing["total_s"]
+            results.update(status="completed", metrics=metrics, timing=timing)
+            write_json_atomic(results_path, results)
+            print_summary(results, run_dir)
+            if sweep is not None:
+                print_ptq_table(sweep, "post-training quantization of the trained network")
+            return results
+        finally:
+            if runlog is not None:
+                runlog.close()
 
 
 def print_summary(results: dict[str, Any], run_dir: Path) -> None:

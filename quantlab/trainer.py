@@ -83,6 +83,15 @@ def evaluate(
     return out
 
 
+def weight_gradient_norms(
+    loss: torch.Tensor, weights: list[torch.Tensor], retain_graph: bool = False
+) -> dict:
+    """ℓ1, ℓ2, ℓ∞ norms (0-d tensors) of ∇_W L over the concatenation of the tensors `weights`."""
+    grads = torch.autograd.grad(loss, weights, retain_graph=retain_graph, allow_unused=True)
+    flat = torch.cat([g.detach().float().reshape(-1) for g in grads if g is not None])
+    return {"l1": flat.abs().sum(), "l2": flat.norm(), "linf": flat.abs().max()}
+
+
 def gradient_norms(model: nn.Module, loader: EpochLoader) -> dict[str, float]:
     """Mean over batches of the ℓ1, ℓ2, ℓ∞ norms of ∇_W L (W: every weight tensor of ≥ 2 dims), eval mode."""
     was_training = model.training
@@ -91,14 +100,12 @@ def gradient_norms(model: nn.Module, loader: EpochLoader) -> dict[str, float]:
     frozen = [p for p in weights if not p.requires_grad]  # e.g. an export's hard-quantized tensors
     for p in frozen:
         p.requires_grad_(True)
-    sums, batches = {"l1": 0.0, "l2": 0.0, "linf": 0.0}, 0
+    sums: dict[str, float] = {}
+    batches = 0
     with torch.enable_grad():
         for x, y in loader:
-            grads = torch.autograd.grad(F.cross_entropy(model(x).float(), y), weights, allow_unused=True)
-            flat = torch.cat([g.detach().reshape(-1) for g in grads if g is not None])
-            sums["l1"] += float(flat.abs().sum())
-            sums["l2"] += float(flat.norm())
-            sums["linf"] += float(flat.abs().max())
+            norms = weight_gradient_norms(F.cross_entropy(model(x).float(), y), weights)
+            sums = {k: sums.get(k, 0.0) + float(v) for k, v in norms.items()}
             batches += 1
     for p in frozen:
         p.requires_grad_(False)
@@ -220,9 +227,7 @@ class Trainer:
     def _grad_norms(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
         """ℓ1, ℓ2, ℓ∞ norms of ∇_W L (the task loss; W: every weight tensor of ≥ 2 dimensions)."""
         weights = [p for p in self.model.parameters() if p.requires_grad and p.ndim > 1]
-        grads = torch.autograd.grad(loss, weights, retain_graph=True, allow_unused=True)
-        flat = torch.cat([g.detach().float().reshape(-1) for g in grads if g is not None])
-        return {"l1": flat.abs().sum(), "l2": flat.norm(), "linf": flat.abs().max()}
+        return weight_gradient_norms(loss, weights, retain_graph=True)
 
     # -- the loop ---------------------------------------------------------------------------------
 

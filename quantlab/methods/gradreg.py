@@ -94,7 +94,6 @@ class GradientPenalty(Method):
 
     norm = 1
     name = "grad_l1"
-    grad_norms_every = 10
 
     def __init__(
         self,
@@ -259,7 +258,6 @@ class DefensiveQuantization(Method):
     """
 
     name = "dq"
-    grad_norms_every = 10
 
     def __init__(
         self, strength: float = 3e-4, lam: Schedule | None = None, grad_norms_every: int = 10

@@ -44,9 +44,9 @@ def ste_activation(x: Tensor, lo: float, hi: float, bits: int) -> Tensor:
     """Fake-quantize on the symmetric grid of [lo, hi]; gradient 1 inside the grid's range, 0 outside."""
     grid = activation_grid(lo, hi, bits, True)
     scale, _, q_min, q_max = grid
-    clipped = x.clamp(q_min * scale if q_min < 0 else 0.0, q_max * scale)
-    if (q_min, q_max) == (-1, 0):
-        clipped = x.clamp(-scale, scale)
+    # the grid's range: [q_min·s, q_max·s]; the 1-bit signed grid {−s, s} is returned as q ∈ [−1, 0]
+    low, high = (-scale, scale) if (q_min, q_max) == (-1, 0) else (q_min * scale, q_max * scale)
+    clipped = x.clamp(low, high)
     return clipped + (fake_quantize_activation(clipped.detach(), grid) - clipped).detach()
 
 
@@ -54,7 +54,6 @@ class STE(Method):
     """Quantization-aware fine-tuning with the STE at (bitwidth.weight_bits, bitwidth.act_bits)."""
 
     exported_differs = True
-    grad_norms_every = 10
     momentum = 0.9
 
     def __init__(self, bitwidth: Any, grad_norms_every: int = 10) -> None:

@@ -265,8 +265,9 @@ def evaluate_variants(
     top5: bool,
 ) -> tuple[dict[Variant, dict[str, float]], dict[str, float]]:
     """One pass over the test set: top-1 (top-5), cross-entropy and mean KL(p_ref ‖ p_variant)."""
-    stats = {v: torch.zeros(4, dtype=torch.float64) for v in models}  # correct, correct5, loss, kl
-    ref_stats = torch.zeros(3, dtype=torch.float64)
+    zeros = torch.zeros(4, dtype=torch.float64)
+    stats = {v: zeros for v in models}  # correct, correct5, loss, kl: summed on the device, no syncs
+    ref_stats = zeros
     count = 0
     cached = not isinstance(reference, nn.Module)
     if not cached:
@@ -280,11 +281,10 @@ def evaluate_variants(
         else:
             ref_logits = reference(x).double()  # type: ignore[operator]
         ref_log_p = F.log_softmax(ref_logits, dim=1)
-        ref_stats += _scores(ref_logits, y, top5)[:3]
+        ref_stats = ref_stats.to(y.device) + _scores(ref_logits, y, top5, ref_log_p)
         for variant, model in models.items():
             logits = model(x).double()
-            kl = F.kl_div(F.log_softmax(logits, dim=1), ref_log_p, reduction="sum", log_target=True)
-            stats[variant] += torch.cat([_scores(logits, y, top5)[:3], kl.double().reshape(1).cpu()])
+            stats[variant] = stats[variant].to(y.device) + _scores(logits, y, top5, ref_log_p)
         count += len(y)
     n = max(count, 1)
 
@@ -292,18 +292,21 @@ def evaluate_variants(
         out = {"acc": 100.0 * float(t[0]) / n, "loss": float(t[2]) / n}
         if top5:
             out["acc5"] = 100.0 * float(t[1]) / n
-        if len(t) > 3:
-            out["kl"] = float(t[3]) / n
         return out
 
-    return {v: as_metrics(t) for v, t in stats.items()}, as_metrics(ref_stats)
+    reference_metrics = as_metrics(ref_stats)  # its KL to itself is 0 by definition: not reported
+    return {v: {**as_metrics(t), "kl": float(t[3]) / n} for v, t in stats.items()}, reference_metrics
 
 
-def _scores(logits: Tensor, y: Tensor, top5: bool) -> Tensor:
+def _scores(logits: Tensor, y: Tensor, top5: bool, ref_log_p: Tensor) -> Tensor:
+    """[correct, correct in top 5, summed cross-entropy, summed KL(p_ref ‖ p)] of a batch (float64)."""
     correct = (logits.argmax(1) == y).sum()
-    correct5 = (logits.topk(min(5, logits.shape[1]), 1).indices == y[:, None]).any(1).sum() if top5 else 0
+    correct5 = (
+        (logits.topk(min(5, logits.shape[1]), 1).indices == y[:, None]).any(1).sum() if top5 else correct * 0
+    )
     loss = F.cross_entropy(logits, y, reduction="sum")
-    return torch.tensor([float(correct), float(correct5), float(loss), 0.0], dtype=torch.float64)
+    kl = F.kl_div(F.log_softmax(logits, dim=1), ref_log_p, reduction="sum", log_target=True)
+    return torch.stack([correct.double(), correct5.double(), loss, kl])
 
 
 def run_sweep(

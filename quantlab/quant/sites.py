@@ -120,8 +120,19 @@ def bn_source(
     return None, []
 
 
-def _module_name(layer: str, kind: str) -> str:
-    return f"act_{kind}_{layer.replace('.', '_')}"
+def _add_site(
+    graph_module: GraphModule,
+    modules: dict[str, nn.Module],
+    folded: dict[str, nn.Module],
+    layer: str,
+    kind: str,
+    tensor: Node,
+) -> Site:
+    """A Site for `tensor` (its batch-norm source found) and its ActQuant module, named act_<kind>_<layer>."""
+    bn, clamps = bn_source(tensor, modules, folded)
+    site = Site(f"act_{kind}_{layer.replace('.', '_')}", layer, bn, clamps)
+    graph_module.add_submodule(site.name, ActQuant())
+    return site
 
 
 def instrument(
@@ -149,9 +160,7 @@ def instrument(
             if source in shared:  # layers reading the same tensor (a ResNet shortcut) share its quantizer
                 node.replace_input_with(source, shared[source])
                 continue
-            bn, clamps = bn_source(source, modules, folded)
-            site = Site(_module_name(layer, "in"), layer, bn, clamps)
-            graph_module.add_submodule(site.name, ActQuant())
+            site = _add_site(graph_module, modules, folded, layer, "in", source)
             with graph.inserting_before(node):
                 quant = graph.call_module(site.name, (source,))
             node.replace_input_with(source, quant)
@@ -164,9 +173,7 @@ def instrument(
                 tensor = users[0]
             if any(u.op == "output" for u in tensor.users):
                 continue
-            bn, clamps = bn_source(tensor, modules, folded)
-            site = Site(_module_name(layer, "out"), layer, bn, clamps)
-            graph_module.add_submodule(site.name, ActQuant())
+            site = _add_site(graph_module, modules, folded, layer, "out", tensor)
             with graph.inserting_after(tensor):
                 quant = graph.call_module(site.name, (tensor,))
             tensor.replace_all_uses_with(quant, delete_user_cb=lambda user, q=quant: user is not q)
@@ -174,7 +181,3 @@ def instrument(
     graph.lint()
     graph_module.recompile()
     return sites
-
-
-def act_quantizers(model: nn.Module) -> dict[str, ActQuant]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, ActQuant)}
