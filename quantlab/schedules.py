@@ -71,14 +71,25 @@ class ExponentialStep:
 
 
 class MultiStep:
-    """gamma^(number of milestones ≤ t): the classic step decay at listed epochs or steps."""
+    """Π of the gammas of the milestones ≤ t: the classic step decay at listed epochs or steps.
 
-    def __init__(self, milestones: list[int], gamma: float = 0.1, unit: Unit = "epoch") -> None:
-        self.milestones, self.gamma, self.unit = sorted(int(m) for m in milestones), float(gamma), unit
+    `gamma` is one factor for every milestone, or a list with one factor per milestone (in the
+    order listed), e.g. Foothill's "divide by 5 and by 2 alternately" = [0.2, 0.5, 0.2, ...].
+    """
+
+    def __init__(self, milestones: list[int], gamma: float | list[float] = 0.1, unit: Unit = "epoch") -> None:
+        gammas = list(gamma) if isinstance(gamma, (list, tuple)) or hasattr(gamma, "__len__") else None
+        if gammas is not None and len(gammas) != len(milestones):
+            raise ValueError(f"gamma: {len(gammas)} factors for {len(milestones)} milestones")
+        factors = gammas or [float(gamma)] * len(milestones)  # type: ignore[arg-type]
+        steps = sorted(zip((int(m) for m in milestones), factors, strict=True))
+        self.milestones = [m for m, _ in steps]
+        self.gammas = [float(g) for _, g in steps]
+        self.unit = unit
 
     def __call__(self, step: int, epoch: int) -> float:
         t = _clock(self.unit, step, epoch)
-        return self.gamma ** sum(1 for m in self.milestones if t >= m)
+        return float(math.prod(g for m, g in zip(self.milestones, self.gammas, strict=True) if t >= m))
 
 
 class Cosine:

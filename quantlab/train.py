@@ -179,6 +179,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
             trainer.fit()
             metrics, exported = trainer.test()
+            report = method.report(trainer.model)
+            if report:  # e.g. WaveQ's learned bit-widths: results.json "method", TensorBoard report/*
+                results["method"] = report
+                flat = flatten_numbers(report, "report")
+                runlog.scalars(flat, trainer.clock.step, trainer.clock.epoch)
+                metrics.update({f"method/{k}": v for k, v in report.items() if isinstance(v, (int, float))})
             sweep = None
             if run_ptq:
                 sweep = sweep_network(
@@ -209,6 +215,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         finally:
             if runlog is not None:
                 runlog.close()
+
+
+def flatten_numbers(tree: dict[str, Any], prefix: str) -> dict[str, float]:
+    """{"a": {"b": 1}} -> {"<prefix>/a/b": 1.0}: the numeric leaves of a nested dict."""
+    flat: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}/{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_numbers(value, name))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
 
 
 def print_summary(results: dict[str, Any], run_dir: Path) -> None:

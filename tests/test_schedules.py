@@ -40,6 +40,14 @@ def test_multistep():
     assert [sched(0, e) for e in (0, 19, 20, 29, 30, 50)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
 
 
+def test_multistep_with_one_gamma_per_milestone():
+    """Foothill Sec. 4.1: lr divided every 10 epochs, alternately by 5 and by 2."""
+    sched = S.MultiStep([10, 20, 30, 40], gamma=[0.2, 0.5, 0.2, 0.5])
+    assert [sched(0, e) for e in (0, 9, 10, 20, 30, 45)] == pytest.approx([1, 1, 0.2, 0.1, 0.02, 0.01])
+    with pytest.raises(ValueError, match="2 factors for 3 milestones"):
+        S.MultiStep([1, 2, 3], gamma=[0.1, 0.1])
+
+
 @pytest.mark.parametrize("t", [0, 1, 7, 15, 29, 30, 45])
 def test_cosine(t):
     sched = S.Cosine(total=30, final=0.1, unit="epoch")

@@ -10,6 +10,7 @@ Call order, per run:
         optimizer step
         logged = method.on_step(model, step, epoch) # projections, prox steps, β updates
     exported = method.export(model)                 # hard-quantized copy, evaluated beside the model
+    report = method.report(model)                   # e.g. learned bit-widths -> results.json "method"
     method.state_dict() / load_state_dict()         # saved in every checkpoint (exact resume)
 
 Every value returned by `penalty` and `on_step` is logged under `method/<name>`. The trainer never
@@ -55,14 +56,26 @@ class Method:
 
         With `schedule.no_decay_norm_and_bias`, 1-D tensors (batch-norm parameters, biases) get no
         weight decay.
+        Parameters the method adds (`own_parameters`: scales, bit-widths) get no weight decay and,
+        where the method says so, their own learning rate.
         """
         build = instantiate(schedule.optimizer)
-        params = [p for p in model.parameters() if p.requires_grad]
+        own, own_lr = self.own_parameters(model)
+        own_ids = {id(p) for p in own}
+        params = [p for p in model.parameters() if p.requires_grad and id(p) not in own_ids]
         if schedule.get("no_decay_norm_and_bias", False):
-            decay = [p for p in params if p.ndim > 1]
-            no_decay = [p for p in params if p.ndim <= 1]
-            return build([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
-        return build(params)
+            groups = [{"params": [p for p in params if p.ndim > 1]}]
+            groups.append({"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0})
+        else:
+            groups = [{"params": params}]
+        if own:
+            groups.append({"params": own, "weight_decay": 0.0, **({"lr": own_lr} if own_lr else {})})
+        return build([g for g in groups if g["params"]])
+
+    def own_parameters(self, model: nn.Module) -> tuple[list[nn.Parameter], float | None]:
+        """The trainable parameters the method added to the model (per-layer scales, bit-widths) and
+        their learning rate (None: the optimizer's). They get no weight decay. Default: none."""
+        return [], None
 
     def penalty(self, model: nn.Module, loss: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
         """Named regularization terms added to the task loss. Default: none."""
@@ -89,6 +102,11 @@ class Method:
     def export(self, model: nn.Module) -> nn.Module:
         """A hard-quantized copy of the network. Default: an identical copy."""
         return copy.deepcopy(model)
+
+    def report(self, model: nn.Module) -> dict[str, Any]:
+        """Facts about the trained network for results.json's `method` entry (e.g. learned per-layer
+        bit-widths), called on the best checkpoint after the test. Default: none."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
