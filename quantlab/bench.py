@@ -52,6 +52,9 @@ def _build(model: str, method: str, args: argparse.Namespace, tmp: Path):
         instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset), cfg, tmp / method
     )
     trainer.model.train()
+    # time a step from the second epoch on: penalties whose schedule is 0 in the first epoch
+    # (the Foothill paper's λ₀·log t) would otherwise be skipped
+    trainer.clock.epoch = 1
     return trainer
 
 
