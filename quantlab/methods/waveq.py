@@ -15,7 +15,8 @@ sin²(π(u + s/2)/s) are exactly the 2^b levels 2j/(2^b − 1) − 1 of the b-bi
 Eq. B.1 — the "(b + 1) bits, the extra bit the sign bit" of appendix B counts the same grid with
 B = b − 1 magnitude bits — so a weight the regularizer has driven to a zero is exported unchanged.
 
-Export (Eqs. B.1, B.2): w_q = α · (2·quantize_b(tanh(v) / (2 max|tanh V|) + ½) − 1) at each layer's
+Export (Eqs. B.1, B.2; B.2's text is garbled in our copy, "c = α = 2^b/2β": we read c = α, the
+learned layer scale): w_q = α · (2·quantize_b(tanh(v) / (2 max|tanh V|) + ½) − 1) at each layer's
 learned bit-width rounded to an integer. The bit-widths are clamped to [min_bits, max_bits] after
 every step; with `learn_bits: false` they stay at `init_bits` (training at a fixed bit-width, Table 6).
 Training from scratch and fine-tuning (`init_from=<run>`) share one code path: the reparametrization
