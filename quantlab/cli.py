@@ -14,6 +14,7 @@ commands:
            (Hydra app: `quantlab train --help` lists the config groups; `-m` runs a grid)
   ptq      sweep post-training quantization bit-widths on a finished run, into a new directory
   bench    training throughput of methods side by side, as ratios to `float`
+  table    aggregate runs and grids (their results.json) into a table: mean ± std over seeds
 
 examples:
   quantlab train                                   # the embedded default: digits, small_cnn, float
@@ -22,9 +23,15 @@ examples:
   quantlab train resume=outputs/train/<run>        # continue an interrupted run
   quantlab ptq run=outputs/train/<run> bitwidth.sweep=[[8,4],[6,4],[4,4]]
   quantlab bench --model resnet18 --methods float
+  quantlab table outputs/train/multirun/<date> --rows method --cols ptq
 """
 
-COMMANDS = {"train": "quantlab.train", "ptq": "quantlab.ptq", "bench": "quantlab.bench"}
+COMMANDS = {
+    "train": "quantlab.train",
+    "ptq": "quantlab.ptq",
+    "bench": "quantlab.bench",
+    "table": "quantlab.table",
+}
 HYDRA_INFO = {"-h", "--help", "--hydra-help", "-c", "--cfg", "--info"}
 
 

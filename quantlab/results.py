@@ -29,19 +29,23 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it into place."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_clean(data), f, indent=2, sort_keys=False)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    """Write JSON atomically (a temporary file beside `path`, renamed into place)."""
+    write_text_atomic(path, json.dumps(_clean(data), indent=2, sort_keys=False) + "\n")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,314 @@
+"""`quantlab table`: the results.json of runs and multiruns, aggregated into one table.
+
+    quantlab table outputs/train/multirun/<date>            # rows: the overrides that vary
+    quantlab table <dir> --rows method --cols ptq          # columns: the PTQ bit pairs
+    quantlab table <dir> --rows method --cols method.strength --metric test/acc
+
+Runs are found by their results.json (a run directory, or any directory below the given ones);
+a job directory with a `.hydra/` but no results.json is shown as "missing". Runs are grouped by
+the command-line overrides whose values differ between them (seed excepted: cells are mean ± std
+over seeds); failed, running and missing runs are counted in their cell, never dropped. The table
+is printed and written beside the runs as <name>.md, <name>.csv (one line per cell, raw numbers)
+and <name>.tex.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IGNORED_KEYS = ("seed", "hydra.", "hydra/")
+COLUMN_SOURCES = ("metric", "ptq")
+
+
+@dataclass
+class Run:
+    """One run as the table sees it: its status, its overrides, its final numbers."""
+
+    path: Path
+    status: str  # completed | failed | running | missing | unreadable
+    overrides: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def seed(self) -> str:
+        return self.overrides.get("seed", "0")
+
+
+def _overrides(items: list[str]) -> dict[str, str]:
+    pairs = (item.lstrip("+~").split("=", 1) for item in items if "=" in item)
+    return {key: value for key, value in pairs}
+
+
+def read_run(results: Path) -> Run:
+    try:
+        data = json.loads(results.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        return Run(results.parent, "unreadable", error=f"{type(e).__name__}: {e}")
+    metrics = {k: v for k, v in data.get("metrics", {}).items() if isinstance(v, (int, float))}
+    for entry in data.get("ptq") or []:
+        if "pair" in entry and isinstance(entry.get("acc"), (int, float)):
+            metrics.setdefault(f"ptq/acc_{entry['pair']}", entry["acc"])
+    return Run(
+        results.parent,
+        str(data.get("status", "unreadable")),
+        _overrides(data.get("overrides", [])),
+        metrics,
+        data.get("error"),
+    )
+
+
+def _missing_run(job: Path) -> Run:
+    """A job directory without results.json (killed before it wrote one): its overrides from .hydra."""
+    overrides: dict[str, str] = {}
+    listed = job / ".hydra" / "overrides.yaml"
+    if listed.is_file():
+        lines = [line.strip() for line in listed.read_text().splitlines()]
+        overrides = _overrides([line[2:].strip().strip("'\"") for line in lines if line.startswith("- ")])
+    return Run(job, "missing", overrides)
+
+
+def find_runs(dirs: list[Path]) -> list[Run]:
+    """Every run under `dirs`: results.json files, and job directories (.hydra/) without one."""
+    runs: dict[Path, Run] = {}
+    for root in dirs:
+        if not root.is_dir():
+            raise ValueError(f"{root}: not a directory")
+        for results in sorted(root.rglob("results.json")):
+            runs.setdefault(results.parent.resolve(), read_run(results))
+        for hydra in sorted(root.rglob(".hydra")):
+            job = hydra.parent.resolve()
+            if job not in runs and (hydra / "overrides.yaml").is_file():
+                runs[job] = _missing_run(hydra.parent)
+    return list(runs.values())
+
+
+def varying_keys(runs: list[Run]) -> list[str]:
+    """Override keys whose value differs between runs (a key a run lacks counts as a value)."""
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in run.overrides if k not in keys and not k.startswith(IGNORED_KEYS)]
+    return [k for k in keys if len({run.overrides.get(k) for run in runs}) > 1]
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    def text(self, digits: int = 2) -> str:
+        not_done = {s: n for s, n in self.statuses.items() if s != "completed" and n}
+        notes = ", ".join(f"{n} {s}" for s, n in sorted(not_done.items()))
+        if not self.values:
+            return notes or "—"
+        value = f"{self.mean:.{digits}f}"
+        if self.std is not None:
+            value += f" ± {self.std:.{digits}f}"
+        return f"{value} ({notes})" if notes else value
+
+
+@dataclass
+class Table:
+    row_keys: list[str]
+    rows: list[tuple[str, ...]]
+    columns: list[str]
+    cells: dict[tuple[tuple[str, ...], str], Cell]
+    title: str = ""
+
+    def cell(self, row: tuple[str, ...], column: str) -> Cell:
+        return self.cells.get((row, column), Cell())
+
+
+def _natural(value: str) -> tuple:
+    """Sort numbers as numbers (1e-4 < 1e-3), everything else as text."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _pair_order(name: str) -> tuple:
+    bits = [int(b) for b in name.replace("w", " ").replace("a", " ").split() if b.isdigit()]
+    return tuple(-b for b in bits)
+
+
+def build_table(runs: list[Run], rows: list[str] | None, cols: str, metrics: list[str]) -> Table:
+    """Group `runs` into rows (values of the `rows` keys) and columns (`cols`: "metric" = one
+    column per metric, "ptq" = one per PTQ bit pair, or an override key)."""
+    if not runs:
+        raise ValueError("no runs found (no results.json and no .hydra/ job directory below the given paths)")
+    varying = varying_keys(runs)
+    row_keys = rows if rows is not None else [k for k in varying if k != cols]
+    columns: list[str] = []
+    cells: dict[tuple[tuple[str, ...], str], Cell] = defaultdict(Cell)
+    for run in runs:
+        row = tuple(run.overrides.get(k, "—") for k in row_keys)
+        if cols == "metric":
+            entries = [(m, run.metrics.get(m)) for m in metrics]
+        elif cols == "ptq":
+            entries = [
+                (k.removeprefix("ptq/acc_"), v) for k, v in run.metrics.items() if k.startswith("ptq/acc_")
+            ]
+            if "float" not in [e[0] for e in entries] and metrics[0] in run.metrics:
+                entries.insert(0, ("float", run.metrics[metrics[0]]))
+            if not entries and run.status != "completed":
+                entries = [("float", None)]
+        else:
+            entries = [(run.overrides.get(cols, "—"), run.metrics.get(metrics[0]))]
+        for column, value in entries:
+            if column not in columns:
+                columns.append(column)
+            cell = cells[row, column]
+            cell.statuses[run.status] += 1
+            if run.status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
+                cell.values.append(float(value))
+    if cols == "ptq":
+        columns.sort(key=lambda c: (c != "float", _pair_order(c)))
+    elif cols != "metric":
+        columns.sort(key=_natural)
+    ordered = sorted({key for key, _ in cells}, key=lambda r: tuple(_natural(v) for v in r))
+    return Table(row_keys, ordered, columns, dict(cells))
+
+
+# -- renderers ------------------------------------------------------------------------------------------
+
+
+def to_markdown(table: Table) -> str:
+    head = [*table.row_keys, *table.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.rows:
+        cells = [table.cell(row, c).text() for c in table.columns]
+        lines.append("| " + " | ".join([*row, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([*table.row_keys, "column", "mean", "std", "n", "completed", "failed", "other"])
+    for row in table.rows:
+        for column in table.columns:
+            cell = table.cell(row, column)
+            done, failed = cell.statuses.get("completed", 0), cell.statuses.get("failed", 0)
+            other = sum(cell.statuses.values()) - done - failed
+            mean, std = cell.mean, cell.std
+            writer.writerow(
+                [*row, column, "" if mean is None else mean, "" if std is None else std, len(cell.values)]
+                + [done, failed, other]
+            )
+    return out.getvalue()
+
+
+def _tex(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+        text = text.replace(a, b)
+    return text.replace("±", r"$\pm$").replace("—", "--")
+
+
+def to_latex(table: Table) -> str:
+    head = [*table.row_keys, *table.columns]
+    lines = [
+        r"\begin{tabular}{" + "l" * len(table.row_keys) + "r" * len(table.columns) + "}",
+        r"\hline",
+        " & ".join(_tex(h) for h in head) + r" \\",
+        r"\hline",
+    ]
+    for row in table.rows:
+        cells = [table.cell(row, c).text() for c in table.columns]
+        lines.append(" & ".join(_tex(x) for x in [*row, *cells]) + r" \\")
+    lines += [r"\hline", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(table: Table) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    shown = RichTable(title=table.title or None)
+    for key in table.row_keys:
+        shown.add_column(key, no_wrap=True)
+    for column in table.columns:
+        shown.add_column(column, justify="right", no_wrap=True)
+    for row in table.rows:
+        cells = []
+        for column in table.columns:
+            cell = table.cell(row, column)
+            text = cell.text()
+            failed = any(s != "completed" and n for s, n in cell.statuses.items())
+            cells.append(f"[red]{text}[/red]" if failed else text)
+        shown.add_row(*row, *cells)
+    # stdout (the logging console writes to stderr); off a terminal at the table's natural width
+    Console(width=None if sys.stdout.isatty() else 1000).print(shown)
+
+
+def write_outputs(table: Table, out_dir: Path, name: str) -> list[Path]:
+    from quantlab.results import write_text_atomic
+
+    paths = []
+    for suffix, render in ((".md", to_markdown), (".csv", to_csv), (".tex", to_latex)):
+        path = out_dir / f"{name}{suffix}"
+        write_text_atomic(path, render(table))
+        paths.append(path)
+    return paths
+
+
+# -- command line -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="quantlab table",
+        description="Aggregate the results.json of runs and multiruns into a table (mean ± std over seeds).",
+    )
+    parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun directories")
+    parser.add_argument("--rows", help="comma-separated override keys (default: every key that varies)")
+    parser.add_argument(
+        "--cols", default="metric", help="metric (one column per --metric), ptq (one per bit pair), or a key"
+    )
+    parser.add_argument(
+        "--metric", default="test/acc_exported", help="comma-separated metrics (default test/acc_exported)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="where to write <name>.md/.csv/.tex (default: the first dir)"
+    )
+    parser.add_argument("--name", default="table", help="file name stem of the written tables")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        runs = find_runs(args.dirs)
+        rows = [k for k in args.rows.split(",") if k] if args.rows else None
+        table = build_table(runs, rows, args.cols, [m for m in args.metric.split(",") if m])
+    except ValueError as e:
+        print(f"quantlab table: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    counts = defaultdict(int)
+    for run in runs:
+        counts[run.status] += 1
+    table.title = f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    print_table(table)
+    for path in write_outputs(table, args.out or args.dirs[0], args.name):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
