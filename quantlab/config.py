@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterable
+import logging
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +168,21 @@ def check_missing(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]}: a value is required here (set {missing[0]}=...)")
+
+
+def run_command(run: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, command: str) -> dict[str, Any]:
+    """`run(cfg)` for a Hydra command. A user-fixable QuantlabError is one plain line on stderr and
+    exit 2; in a multirun it goes on to Hydra, which records the job as failed and runs the others."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from quantlab.console import error_line
+
+    try:
+        return run(cfg)
+    except QuantlabError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        logging.getLogger("quantlab").debug("failed", exc_info=True)
+        error_line(command, e)
+        sys.exit(2)

@@ -13,7 +13,6 @@ This module also holds what `quantlab train` shares for its own end-of-training 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from quantlab import checkpoint
-from quantlab.config import ConfigError, QuantlabError, config_dir, parse_sweep
-from quantlab.console import console, error_line
+from quantlab.config import ConfigError, config_dir, parse_sweep, run_command
+from quantlab.console import console
 from quantlab.data import DataBundle, EpochLoader, make_loader
 from quantlab.methods.base import Method
 from quantlab.quant.ptq import Pair, PTQSettings, SweepResult, run_sweep
@@ -247,14 +246,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="ptq")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        results = run(cfg)
-    except QuantlabError as e:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        error_line("quantlab ptq", e)
-        sys.exit(2)
-    entries = results["ptq"]
+    entries = run_command(run, cfg, "quantlab ptq")["ptq"]
     return entries[-1]["acc"] if entries else None
 
 

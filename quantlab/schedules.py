@@ -78,10 +78,9 @@ class MultiStep:
     """
 
     def __init__(self, milestones: list[int], gamma: float | list[float] = 0.1, unit: Unit = "epoch") -> None:
-        gammas = list(gamma) if isinstance(gamma, (list, tuple)) or hasattr(gamma, "__len__") else None
-        if gammas is not None and len(gammas) != len(milestones):
-            raise ValueError(f"gamma: {len(gammas)} factors for {len(milestones)} milestones")
-        factors = gammas or [float(gamma)] * len(milestones)  # type: ignore[arg-type]
+        factors = [float(gamma)] * len(milestones) if isinstance(gamma, (int, float)) else list(gamma)
+        if len(factors) != len(milestones):
+            raise ValueError(f"gamma: {len(factors)} factors for {len(milestones)} milestones")
         steps = sorted(zip((int(m) for m in milestones), factors, strict=True))
         self.milestones = [m for m, _ in steps]
         self.gammas = [float(g) for _, g in steps]

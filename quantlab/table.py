@@ -69,12 +69,13 @@ def read_run(results: Path) -> Run:
 
 def _missing_run(job: Path) -> Run:
     """A job directory without results.json (killed before it wrote one): its overrides from .hydra."""
-    overrides: dict[str, str] = {}
-    listed = job / ".hydra" / "overrides.yaml"
-    if listed.is_file():
-        lines = [line.strip() for line in listed.read_text().splitlines()]
-        overrides = _overrides([line[2:].strip().strip("'\"") for line in lines if line.startswith("- ")])
-    return Run(job, "missing", overrides)
+    from omegaconf import OmegaConf
+
+    try:
+        listed = list(OmegaConf.load(job / ".hydra" / "overrides.yaml") or [])
+    except Exception:  # unreadable or not YAML: the job is still shown, without its overrides
+        listed = []
+    return Run(job, "missing", _overrides([str(item) for item in listed]))
 
 
 def find_runs(dirs: list[Path]) -> list[Run]:

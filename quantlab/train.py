@@ -9,7 +9,6 @@ exported.pt, metrics.jsonl, train.log and results.json (see quantlab.results).
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,10 @@ from quantlab.config import (
     check_missing,
     check_preset_row,
     config_dir,
+    run_command,
     validate_train_config,
 )
-from quantlab.console import console, error_line
+from quantlab.console import console
 from quantlab.ptq import info as ptq_info
 from quantlab.ptq import print_table as print_ptq_table
 from quantlab.ptq import scalars as ptq_scalars
@@ -245,16 +245,7 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        results = run(cfg)
-    except QuantlabError as e:
-        # One clean line for errors the user can fix. In a multirun the exception goes on to Hydra,
-        # which records the job as failed and runs the other jobs.
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        logging.getLogger("quantlab").debug("failed", exc_info=True)
-        error_line("quantlab train", e)
-        sys.exit(2)
+    results = run_command(run, cfg, "quantlab train")
     return results["metrics"].get("test/acc_exported")
 
 

@@ -50,6 +50,28 @@ def results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
+def train_in_process(run_dir: Path, overrides: list[str]):
+    """Compose the train config with `overrides`, fit a Trainer in-process (seed 0) writing into
+    run_dir; return the trainer and the metrics.jsonl lines."""
+    import torch
+    from hydra.utils import instantiate
+
+    from quantlab.config import compose
+    from quantlab.runlog import RunLog
+    from quantlab.trainer import Trainer
+
+    cfg = compose(overrides)
+    torch.manual_seed(0)
+    runlog = RunLog(run_dir)
+    trainer = Trainer(
+        instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset), cfg, run_dir, runlog
+    )
+    trainer.fit()
+    runlog.close()
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return trainer, lines
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path

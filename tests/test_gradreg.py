@@ -215,24 +215,12 @@ def test_ste_needs_integer_bits():
     ],
 )
 def test_trains_and_logs_penalty_and_gradient_norms(tmp_path, overrides):
-    import json
-
-    from hydra.utils import instantiate
-
-    from quantlab.config import compose
-    from quantlab.runlog import RunLog
-    from quantlab.trainer import Trainer
+    from tests.conftest import train_in_process
 
     strength = [] if overrides[0] == "method=ste" else ["method.strength=0.001"]
-    cfg = compose(["schedule.epochs=1", "trainer.log_every=5", *overrides, *strength])
-    torch.manual_seed(0)
-    runlog = RunLog(tmp_path)
-    trainer = Trainer(
-        instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset), cfg, tmp_path, runlog
+    trainer, lines = train_in_process(
+        tmp_path, ["schedule.epochs=1", "trainer.log_every=5", *overrides, *strength]
     )
-    trainer.fit()
-    runlog.close()
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in lines if "train/loss" in x]
     normed = [x for x in train if "train/grad_norm_linf" in x]  # every 10 steps, logged every 5
     assert len(normed) >= len(train) // 2 - 1 > 0

@@ -237,23 +237,11 @@ def test_bad_settings_name_the_field():
 
 @pytest.mark.parametrize("method", ["l1", "l2", "foothill", "bnn_r1", "bnn_r2"])
 def test_each_method_trains_and_logs_its_penalty(tmp_path, method):
-    import json
+    from tests.conftest import train_in_process
 
-    from hydra.utils import instantiate
-
-    from quantlab.config import compose
-    from quantlab.runlog import RunLog
-    from quantlab.trainer import Trainer
-
-    cfg = compose(["schedule.epochs=2", "trainer.log_every=5", f"method={method}"])
-    torch.manual_seed(0)
-    runlog = RunLog(tmp_path)
-    trainer = Trainer(
-        instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset), cfg, tmp_path, runlog
+    trainer, lines = train_in_process(
+        tmp_path, ["schedule.epochs=2", "trainer.log_every=5", f"method={method}"]
     )
-    trainer.fit()
-    runlog.close()
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in lines if "train/loss" in x]
     assert any(x.get(f"method/{method}", 0) > 0 for x in train)  # binary: log(t) > 0 from epoch 2
     assert trainer.last_logged["val/acc"] > 50

@@ -21,7 +21,6 @@ feeding a full-precision last layer.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -33,7 +32,7 @@ from torch.nn.utils import parametrize
 from quantlab.config import ConfigError
 from quantlab.methods.base import Method
 from quantlab.methods.gradreg import ACTIVATIONS
-from quantlab.methods.weights import Scope, quantized_layers, unparametrize
+from quantlab.methods.weights import Scope, plain_copy, weight_layers
 from quantlab.quant.projections import binary_connect_sign, hard_sign
 from quantlab.schedules import Constant, LogEpoch, Schedule
 
@@ -168,7 +167,7 @@ class WeightShaping(Method):
         return (1, None) if self.binary else None
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        self.layers = [path for path, name in quantized_layers(model, self.scope) if name == "weight"]
+        self.layers = weight_layers(model, self.scope)
         if not self.layers:
             raise ConfigError(f"method={self.name}: the model has no conv or linear layer in scope")
         if self.binary:
@@ -203,13 +202,13 @@ class WeightShaping(Method):
         """Binary: a plain copy with sign(w)·μ in every binarized layer. Plain: the network itself."""
         if not self.binary:
             return model
-        exported = copy.deepcopy(model)
         with torch.no_grad():
-            for path in self.layers:
-                w = model.get_submodule(path).parametrizations.weight.original
-                binary = self._scale(model, path).mu * hard_sign(w)
-                unparametrize(exported.get_submodule(path), {"weight": binary})
-        return exported
+            binary = {
+                path: self._scale(model, path).mu
+                * hard_sign(model.get_submodule(path).parametrizations.weight.original)
+                for path in self.layers
+            }
+        return plain_copy(model, binary)
 
     def report(self, model: nn.Module) -> dict[str, Any]:
         if not self.binary:

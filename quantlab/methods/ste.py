@@ -14,7 +14,6 @@ The export is the network with its weights on the grid; activations are quantize
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ from torch.nn.utils import parametrize
 
 from quantlab.config import ConfigError, check_bits
 from quantlab.methods.base import Method
-from quantlab.methods.weights import unparametrize
+from quantlab.methods.weights import plain_copy
 from quantlab.quant.uniform import activation_grid, fake_quantize_activation, quantize_tensor
 
 _LAYERS = (nn.Conv2d, nn.Linear)
@@ -104,13 +103,10 @@ class STE(Method):
 
     def export(self, model: nn.Module) -> nn.Module:
         """A plain copy with every weight on its w-bit grid and no activation hooks."""
-        exported = copy.deepcopy(model)
         with torch.no_grad():
-            for name in self.layers:
-                module = exported.get_submodule(name)
-                if parametrize.is_parametrized(module, "weight"):
-                    unparametrize(module, {"weight": model.get_submodule(name).weight})
-                module._forward_pre_hooks.clear()
+            exported = plain_copy(model, {name: model.get_submodule(name).weight for name in self.layers})
+        for name in self.layers:
+            exported.get_submodule(name)._forward_pre_hooks.clear()
         return exported
 
     def state_dict(self) -> dict[str, Any]:

@@ -29,7 +29,6 @@ code); λ_β (`bit_strength`) = 0.03. Biases stay in float; activations are left
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -39,7 +38,7 @@ from torch.nn.utils import parametrize
 
 from quantlab.config import ConfigError
 from quantlab.methods.base import Method
-from quantlab.methods.weights import Scope, quantized_layers, unparametrize
+from quantlab.methods.weights import Scope, plain_copy, weight_layers
 from quantlab.quant.dorefa import dorefa_quantize, tanh_normalize
 from quantlab.schedules import TanhRamp
 
@@ -125,7 +124,7 @@ class WaveQ(Method):
     # -- protocol -----------------------------------------------------------------------------------
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        self.layers = [path for path, name in quantized_layers(model, self.scope) if name == "weight"]
+        self.layers = weight_layers(model, self.scope)
         if not self.layers:
             raise ConfigError("method=waveq: the model has no conv or linear layer in scope")
         for path in self.layers:
@@ -146,7 +145,7 @@ class WaveQ(Method):
         weight = self.strength * self.factor
         if weight:
             total = sum(
-                waveq_term(tanh_normalize(model.get_submodule(path).parametrizations.weight.original), p.bits)
+                waveq_term(tanh_normalize(self._latent(model, path)), p.bits)
                 for path, p in zip(self.layers, self._parametrizations(model), strict=True)
             )
             terms["waveq"] = weight * total
@@ -169,13 +168,12 @@ class WaveQ(Method):
 
     def export(self, model: nn.Module) -> nn.Module:
         """A plain copy with each layer's weight α · DoReFa_b(v), b = its rounded learned bit-width."""
-        exported = copy.deepcopy(model)
         with torch.no_grad():
-            for path, p in zip(self.layers, self._parametrizations(model), strict=True):
-                v = model.get_submodule(path).parametrizations.weight.original
-                hard = dorefa_quantize(v, self.rounded(p.bits), p.scale)
-                unparametrize(exported.get_submodule(path), {"weight": hard})
-        return exported
+            hard = {
+                path: dorefa_quantize(self._latent(model, path), self.rounded(p.bits), p.scale)
+                for path, p in zip(self.layers, self._parametrizations(model), strict=True)
+            }
+        return plain_copy(model, hard)
 
     def report(self, model: nn.Module) -> dict[str, Any]:
         """The learned per-layer bit-widths (continuous and rounded), scales and their averages."""
@@ -201,6 +199,11 @@ class WaveQ(Method):
 
     def rounded(self, bits: Tensor) -> int:
         return int(min(max(round(float(bits.detach())), self.min_bits), self.max_bits))
+
+    @staticmethod
+    def _latent(model: nn.Module, path: str) -> Tensor:
+        """v, the tensor the optimizer updates."""
+        return model.get_submodule(path).parametrizations.weight.original
 
     def _parametrizations(self, model: nn.Module) -> list[DoReFaWeight]:
         return [model.get_submodule(path).parametrizations.weight[0] for path in self.layers]

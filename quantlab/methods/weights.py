@@ -60,6 +60,19 @@ def quantized_layers(model: nn.Module, scope: Scope) -> Iterator[tuple[str, str]
             yield path, "bias"
 
 
+def weight_layers(model: nn.Module, scope: Scope) -> list[str]:
+    """Module paths of the conv / linear layers in `scope` (their weights; biases aside)."""
+    return [path for path, name in quantized_layers(model, scope) if name == "weight"]
+
+
+def plain_copy(model: nn.Module, weights: dict[str, Tensor]) -> nn.Module:
+    """A deep copy in which each module path of `weights` is unparametrized to hold that weight."""
+    exported = copy.deepcopy(model)
+    for path, value in weights.items():
+        unparametrize(exported.get_submodule(path), {"weight": value})
+    return exported
+
+
 class BetaRef:
     """The current β, shared by every projection of a model (a plain float, cheap to deepcopy)."""
 
