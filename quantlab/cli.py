@@ -14,7 +14,9 @@ commands:
            (Hydra app: `quantlab train --help` lists the config groups; `-m` runs a grid)
   ptq      sweep post-training quantization bit-widths on a finished run, into a new directory
   bench    training throughput of methods side by side, as ratios to `float`
-  table    aggregate runs and grids (their results.json) into a table: mean ± std over seeds
+  table    aggregate runs and grids (their results.json) into a table: mean ± std over seeds;
+           --paper <table> lays them out as a paper's table with its numbers beside ours
+  plot     PNG figures of runs and grids: accuracy against PTQ bit-width, val accuracy and beta/lambda
 
 examples:
   quantlab train                                   # the embedded default: digits, small_cnn, float
@@ -24,6 +26,8 @@ examples:
   quantlab ptq run=outputs/train/<run> bitwidth.sweep=[[8,4],[6,4],[4,4]]
   quantlab bench --model resnet18 --methods float
   quantlab table outputs/train/multirun/<date> --rows method --cols ptq
+  quantlab table outputs/tables/md_t1 --paper md_t1
+  quantlab plot outputs/train/multirun/<date> --rows method
 """
 
 COMMANDS = {
@@ -31,6 +35,7 @@ COMMANDS = {
     "ptq": "quantlab.ptq",
     "bench": "quantlab.bench",
     "table": "quantlab.table",
+    "plot": "quantlab.plot",
 }
 HYDRA_INFO = {"-h", "--help", "--hydra-help", "-c", "--cfg", "--info"}
 

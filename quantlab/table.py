@@ -3,13 +3,15 @@
     quantlab table outputs/train/multirun/<date>            # rows: the overrides that vary
     quantlab table <dir> --rows method --cols ptq          # columns: the PTQ bit pairs
     quantlab table <dir> --rows method --cols method.strength --metric test/acc
+    quantlab table <dir> --paper md_t1                      # the paper's layout, its numbers beside ours
 
 Runs are found by their results.json (a run directory, or any directory below the given ones);
 a job directory with a `.hydra/` but no results.json is shown as "missing". Runs are grouped by
 the command-line overrides whose values differ between them (seed excepted: cells are mean ± std
 over seeds); failed, running and missing runs are counted in their cell, never dropped. The table
 is printed and written beside the runs as <name>.md, <name>.csv (one line per cell, raw numbers)
-and <name>.tex.
+and <name>.tex. With `--paper`, rows and columns are the paper table's (quantlab/paper.py) and each
+cell reads "ours / paper (ours − paper)".
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from quantlab.paper import PaperTable, load_paper, matches, row_of
 
 IGNORED_KEYS = ("seed", "hydra.", "hydra/")
 COLUMN_SOURCES = ("metric", "ptq")
@@ -38,10 +43,43 @@ class Run:
     overrides: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    choices: dict[str, str] = field(default_factory=dict)
+    _config: dict | None = field(default=None, repr=False)
 
     @property
     def seed(self) -> str:
         return self.overrides.get("seed", "0")
+
+    def value(self, key: str) -> Any:
+        """A config group's choice (method, dataset, ...) or a dotted key of the run's resolved
+        config.yaml (its overrides where the run never wrote one); None when unset."""
+        if key in self.choices:
+            return self.choices[key]
+        if self._config is None:
+            self._config = _read_config(self.path / "config.yaml")
+        node: Any = self._config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                node = _MISSING
+                break
+            node = node[part]
+        if node is _MISSING:
+            raw = self.overrides.get(key)
+            return None if raw in (None, "null") else raw
+        return node
+
+
+_MISSING = object()
+
+
+def _read_config(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _overrides(items: list[str]) -> dict[str, str]:
@@ -64,6 +102,7 @@ def read_run(results: Path) -> Run:
         _overrides(data.get("overrides", [])),
         metrics,
         data.get("error"),
+        {k: str(v) for k, v in (data.get("choices") or {}).items()},
     )
 
 
@@ -114,6 +153,10 @@ class Cell:
     def std(self) -> float | None:
         return statistics.stdev(self.values) if len(self.values) > 1 else None
 
+    @property
+    def incomplete(self) -> bool:
+        return any(s != "completed" and n for s, n in self.statuses.items())
+
     def text(self, digits: int = 2) -> str:
         not_done = {s: n for s, n in self.statuses.items() if s != "completed" and n}
         notes = ", ".join(f"{n} {s}" for s, n in sorted(not_done.items()))
@@ -132,9 +175,27 @@ class Table:
     columns: list[str]
     cells: dict[tuple[tuple[str, ...], str], Cell]
     title: str = ""
+    paper: dict[tuple[tuple[str, ...], str], float | None] | None = None  # --paper: its numbers
+    notes: list[str] = field(default_factory=list)
 
     def cell(self, row: tuple[str, ...], column: str) -> Cell:
         return self.cells.get((row, column), Cell())
+
+    def paper_value(self, row: tuple[str, ...], column: str) -> float | None:
+        return None if self.paper is None else self.paper.get((row, column))
+
+    def text(self, row: tuple[str, ...], column: str) -> str:
+        """The cell as shown: ours, and with --paper "ours / paper (ours − paper)"."""
+        ours = self.cell(row, column)
+        if self.paper is None:
+            return ours.text()
+        theirs = self.paper_value(row, column)
+        if theirs is None:
+            return ours.text()
+        text = f"{ours.text()} / {theirs:.2f}"
+        if ours.mean is not None:
+            text += f" ({ours.mean - theirs:+.2f})".replace("-", "−")
+        return text
 
 
 def _natural(value: str) -> tuple:
@@ -188,6 +249,36 @@ def build_table(runs: list[Run], rows: list[str] | None, cols: str, metrics: lis
     return Table(row_keys, ordered, columns, dict(cells))
 
 
+def build_paper_table(runs: list[Run], paper: PaperTable) -> tuple[Table, int]:
+    """`runs` in the layout of a paper table, its numbers beside ours; also the number of runs
+    that fall in none of its cells."""
+    specs = paper.cells()
+    labels = [paper.label(setting, column) for setting, column, _, _ in specs]
+    cells: dict[tuple[tuple[str, ...], str], Cell] = defaultdict(Cell)
+    outside = 0
+    for run in runs:
+        row = row_of(paper, run.value)
+        placed = False
+        for (_, _, selector, metric), label in zip(specs, labels, strict=True):
+            if row is None or not matches(selector, run.value):
+                continue
+            placed = True
+            cell = cells[(row,), label]
+            cell.statuses[run.status] += 1
+            value = run.metrics.get(metric)
+            if run.status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
+                cell.values.append(float(value))
+        outside += not placed
+    values = {
+        ((row,), label): value
+        for row, row_values in paper.values.items()
+        for label, value in zip(labels, row_values, strict=True)
+    }
+    rows = [(row,) for row in paper.rows]
+    table = Table([paper.row_header], rows, labels, dict(cells), paper=values, notes=list(paper.notes))
+    return table, outside
+
+
 # -- renderers ------------------------------------------------------------------------------------------
 
 
@@ -195,32 +286,46 @@ def to_markdown(table: Table) -> str:
     head = [*table.row_keys, *table.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.rows:
-        cells = [table.cell(row, c).text() for c in table.columns]
+        cells = [table.text(row, c) for c in table.columns]
         lines.append("| " + " | ".join([*row, *cells]) + " |")
+    lines += [f"\n{note}" for note in table.notes]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(table: Table) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([*table.row_keys, "column", "mean", "std", "n", "completed", "failed", "other"])
+    paper = ["paper", "diff"] if table.paper is not None else []
+    writer.writerow([*table.row_keys, "column", "mean", "std", "n", "completed", "failed", "other", *paper])
     for row in table.rows:
         for column in table.columns:
             cell = table.cell(row, column)
             done, failed = cell.statuses.get("completed", 0), cell.statuses.get("failed", 0)
             other = sum(cell.statuses.values()) - done - failed
             mean, std = cell.mean, cell.std
+            theirs = table.paper_value(row, column)
+            diff = mean - theirs if mean is not None and theirs is not None else None
             writer.writerow(
                 [*row, column, "" if mean is None else mean, "" if std is None else std, len(cell.values)]
                 + [done, failed, other]
+                + ([_blank(theirs), _blank(diff)] if paper else [])
             )
     return out.getvalue()
 
 
+def _blank(value: float | None) -> float | str:
+    return "" if value is None else value
+
+
+_TEX = {
+    "\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "{": r"\{", "}": r"\}",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "$": r"\$", "±": r"$\pm$", "—": "--", "−": "-",
+    "λ": r"$\lambda$",
+}  # fmt: skip
+
+
 def _tex(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
-        text = text.replace(a, b)
-    return text.replace("±", r"$\pm$").replace("—", "--")
+    return "".join(_TEX.get(ch, ch) for ch in text)
 
 
 def to_latex(table: Table) -> str:
@@ -232,7 +337,7 @@ def to_latex(table: Table) -> str:
         r"\hline",
     ]
     for row in table.rows:
-        cells = [table.cell(row, c).text() for c in table.columns]
+        cells = [table.text(row, c) for c in table.columns]
         lines.append(" & ".join(_tex(x) for x in [*row, *cells]) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -240,21 +345,22 @@ def to_latex(table: Table) -> str:
 
 def print_table(table: Table) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table as RichTable
 
     shown = RichTable(title=table.title or None)
     for key in table.row_keys:
-        shown.add_column(key, no_wrap=True)
+        shown.add_column(escape(key), no_wrap=True)
     for column in table.columns:
-        shown.add_column(column, justify="right", no_wrap=True)
+        shown.add_column(escape(column), justify="right", no_wrap=True)
     for row in table.rows:
         cells = []
         for column in table.columns:
-            cell = table.cell(row, column)
-            text = cell.text()
-            failed = any(s != "completed" and n for s, n in cell.statuses.items())
-            cells.append(f"[red]{text}[/red]" if failed else text)
-        shown.add_row(*row, *cells)
+            text = escape(table.text(row, column))
+            cells.append(f"[red]{text}[/red]" if table.cell(row, column).incomplete else text)
+        shown.add_row(*(escape(k) for k in row), *cells)
+    if table.notes:
+        shown.caption = "\n".join(escape(note) for note in table.notes)
     # stdout (the logging console writes to stderr); off a terminal at the table's natural width
     Console(width=None if sys.stdout.isatty() else 1000).print(shown)
 
@@ -290,6 +396,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--out", type=Path, help="where to write <name>.md/.csv/.tex (default: the first dir)"
     )
     parser.add_argument("--name", default="table", help="file name stem of the written tables")
+    parser.add_argument(
+        "--paper",
+        metavar="NAME[:SETTING]",
+        help="lay the runs out as a paper table with its numbers beside ours (NAME:SETTING: compare "
+        "every run with that one column group, whatever its dataset and model)",
+    )
     return parser.parse_args(argv)
 
 
@@ -297,8 +409,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         runs = find_runs(args.dirs)
-        rows = [k for k in args.rows.split(",") if k] if args.rows else None
-        table = build_table(runs, rows, args.cols, [m for m in args.metric.split(",") if m])
+        if args.paper:
+            paper = load_paper(args.paper)
+            table, outside = build_paper_table(runs, paper)
+        else:
+            rows = [k for k in args.rows.split(",") if k] if args.rows else None
+            table = build_table(runs, rows, args.cols, [m for m in args.metric.split(",") if m])
     except ValueError as e:
         print(f"quantlab table: error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -306,6 +422,10 @@ def main(argv: list[str] | None = None) -> None:
     for run in runs:
         counts[run.status] += 1
     table.title = f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    if args.paper:
+        table.title = f"{paper.title} ({paper.source}) — ours / paper (ours − paper); {table.title}"
+        if outside:
+            table.notes.append(f"{outside} run(s) fall in no cell of the paper table and are not shown.")
     print_table(table)
     for path in write_outputs(table, args.out or args.dirs[0], args.name):
         print(f"wrote {path}")

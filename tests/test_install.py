@@ -46,6 +46,19 @@ def test_installed_cli_runs_outside_checkout(tmp_path):
     assert proc.returncode == 0, proc.stderr
     runs = run_dirs(tmp_path / "outputs")
     assert len(runs) == 2 and all(results(r)["status"] == "completed" for r in runs)
+    # the paper tables ship in the wheel, and the plots need no display
+    for command in (["table", "--paper", "md_t1:cifar10/resnet18"], ["plot", "--kind", "curves"]):
+        proc = subprocess.run(
+            [str(script), command[0], str(tmp_path / "outputs"), *command[1:]],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+    assert "REF (float)" in (tmp_path / "outputs" / "table.md").read_text()
+    assert (tmp_path / "outputs" / "curves.png").stat().st_size > 0
 
 
 def test_every_conf_folder_is_packaged():

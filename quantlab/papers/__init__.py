@@ -1,0 +1,1 @@
+"""The papers' tables as data (one YAML file per table), read by `quantlab table --paper <name>`."""
