@@ -49,7 +49,8 @@ def save_png(fig, path: Path) -> None:
 
 
 def _label(keys: list[str], row: tuple[str, ...]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in zip(keys, row, strict=True)) or "runs"
+    """`k=v, ...` of the keys a group sets (a run without the key shows as "—" and is left out)."""
+    return ", ".join(f"{k}={v}" for k, v in zip(keys, row, strict=True) if v != "—") or "runs"
 
 
 def plot_ptq(runs: list[Run], rows: list[str] | None, metric: str, path: Path) -> Path:

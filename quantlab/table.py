@@ -249,13 +249,13 @@ def build_table(runs: list[Run], rows: list[str] | None, cols: str, metrics: lis
     return Table(row_keys, ordered, columns, dict(cells))
 
 
-def build_paper_table(runs: list[Run], paper: PaperTable) -> tuple[Table, int]:
-    """`runs` in the layout of a paper table, its numbers beside ours; also the number of runs
-    that fall in none of its cells."""
+def build_paper_table(runs: list[Run], paper: PaperTable) -> tuple[Table, list[Run]]:
+    """`runs` in the layout of a paper table, its numbers beside ours; also the runs that fall in
+    none of its cells."""
     specs = paper.cells()
     labels = [paper.label(setting, column) for setting, column, _, _ in specs]
     cells: dict[tuple[tuple[str, ...], str], Cell] = defaultdict(Cell)
-    outside = 0
+    outside: list[Run] = []
     for run in runs:
         row = row_of(paper, run.value)
         placed = False
@@ -268,7 +268,8 @@ def build_paper_table(runs: list[Run], paper: PaperTable) -> tuple[Table, int]:
             value = run.metrics.get(metric)
             if run.status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
                 cell.values.append(float(value))
-        outside += not placed
+        if not placed:
+            outside.append(run)
     values = {
         ((row,), label): value
         for row, row_values in paper.values.items()
@@ -277,6 +278,21 @@ def build_paper_table(runs: list[Run], paper: PaperTable) -> tuple[Table, int]:
     rows = [(row,) for row in paper.rows]
     table = Table([paper.row_header], rows, labels, dict(cells), paper=values, notes=list(paper.notes))
     return table, outside
+
+
+def outside_notes(runs: list[Run], metric: str) -> list[str]:
+    """One line per group of runs that fall in no cell of a paper table: its overrides and `metric`."""
+    groups: dict[str, Cell] = defaultdict(Cell)
+    for run in runs:
+        label = " ".join(f"{k}={v}" for k, v in run.overrides.items() if not k.startswith(IGNORED_KEYS))
+        groups[label or str(run.path)].statuses[run.status] += 1
+        value = run.metrics.get(metric)
+        if run.status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
+            groups[label or str(run.path)].values.append(float(value))
+    return [
+        f"In no cell of the paper's table: {label}: {cell.text()} ({metric})"
+        for label, cell in groups.items()
+    ]
 
 
 # -- renderers ------------------------------------------------------------------------------------------
@@ -424,8 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     table.title = f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     if args.paper:
         table.title = f"{paper.title} ({paper.source}) — ours / paper (ours − paper); {table.title}"
-        if outside:
-            table.notes.append(f"{outside} run(s) fall in no cell of the paper table and are not shown.")
+        table.notes += outside_notes(outside, paper.metric)
     print_table(table)
     for path in write_outputs(table, args.out or args.dirs[0], args.name):
         print(f"wrote {path}")
