@@ -20,7 +20,7 @@ model: the smoke scale, digits runs beside a CIFAR column.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -61,13 +61,9 @@ class PaperTable:
             raise ValueError(
                 f"--paper {self.name}:{setting}: no such setting; one of {', '.join(self.settings)}"
             )
-        index = list(self.settings).index(setting)
-        n = len(self.columns)
+        index, n = list(self.settings).index(setting), len(self.columns)
         values = {row: v[index * n : (index + 1) * n] for row, v in self.values.items()}
-        return PaperTable(
-            self.name, self.title, self.source, self.metric, self.row_header, self.rows,
-            {setting: {}}, self.columns, values, self.notes,
-        )  # fmt: skip
+        return replace(self, settings={setting: {}}, values=values)
 
 
 def paper_dir() -> Path:

@@ -153,6 +153,12 @@ class Cell:
     def std(self) -> float | None:
         return statistics.stdev(self.values) if len(self.values) > 1 else None
 
+    def add(self, status: str, value: object) -> None:
+        """Count one run; its number counts where the run completed and has a finite one."""
+        self.statuses[status] += 1
+        if status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
+            self.values.append(float(value))
+
     @property
     def incomplete(self) -> bool:
         return any(s != "completed" and n for s, n in self.statuses.items())
@@ -186,10 +192,7 @@ class Table:
 
     def text(self, row: tuple[str, ...], column: str) -> str:
         """The cell as shown: ours, and with --paper "ours / paper (ours − paper)"."""
-        ours = self.cell(row, column)
-        if self.paper is None:
-            return ours.text()
-        theirs = self.paper_value(row, column)
+        ours, theirs = self.cell(row, column), self.paper_value(row, column)
         if theirs is None:
             return ours.text()
         text = f"{ours.text()} / {theirs:.2f}"
@@ -237,10 +240,7 @@ def build_table(runs: list[Run], rows: list[str] | None, cols: str, metrics: lis
         for column, value in entries:
             if column not in columns:
                 columns.append(column)
-            cell = cells[row, column]
-            cell.statuses[run.status] += 1
-            if run.status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
-                cell.values.append(float(value))
+            cells[row, column].add(run.status, value)
     if cols == "ptq":
         columns.sort(key=lambda c: (c != "float", _pair_order(c)))
     elif cols != "metric":
@@ -263,11 +263,7 @@ def build_paper_table(runs: list[Run], paper: PaperTable) -> tuple[Table, list[R
             if row is None or not matches(selector, run.value):
                 continue
             placed = True
-            cell = cells[(row,), label]
-            cell.statuses[run.status] += 1
-            value = run.metrics.get(metric)
-            if run.status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
-                cell.values.append(float(value))
+            cells[(row,), label].add(run.status, run.metrics.get(metric))
         if not placed:
             outside.append(run)
     values = {
@@ -285,10 +281,7 @@ def outside_notes(runs: list[Run], metric: str) -> list[str]:
     groups: dict[str, Cell] = defaultdict(Cell)
     for run in runs:
         label = " ".join(f"{k}={v}" for k, v in run.overrides.items() if not k.startswith(IGNORED_KEYS))
-        groups[label or str(run.path)].statuses[run.status] += 1
-        value = run.metrics.get(metric)
-        if run.status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
-            groups[label or str(run.path)].values.append(float(value))
+        groups[label or str(run.path)].add(run.status, run.metrics.get(metric))
     return [
         f"In no cell of the paper's table: {label}: {cell.text()} ({metric})"
         for label, cell in groups.items()

@@ -27,6 +27,13 @@ def _batch(dtype=torch.float64, n: int = 8):
     return torch.randn(n, 2, 5, 5, generator=g).to(dtype), torch.randint(0, 3, (n,), generator=g)
 
 
+def _prepared(method, dtype=torch.float64, bn: bool = True, n: int = 8):
+    """A tiny model prepared for `method`, and a batch of its dtype."""
+    model = _tiny(dtype=dtype, bn=bn)
+    method.prepare(model)
+    return (model, *_batch(dtype, n=n))
+
+
 def _independent_grads(model: nn.Sequential, x, y):
     """∇_W L and ∇_y L with their own hooks (retain_grad on every ReLU output), not the method's."""
     outputs = []
@@ -50,10 +57,8 @@ def _penalty(method, model, x, y) -> torch.Tensor:
 
 @pytest.mark.parametrize(("cls", "norm"), [(GradL1, 1), (GradL2, 2)])
 def test_penalty_value_equals_the_gradient_norm(cls, norm):
-    model = _tiny()
     method = cls(strength=0.3, act_strength=0.7)
-    method.prepare(model)
-    x, y = _batch()
+    model, x, y = _prepared(method)
     value = _penalty(method, model, x, y)
     g_w, g_y = _independent_grads(model, x, y)
     flat_w, flat_y = torch.cat([g.flatten() for g in g_w]), torch.cat([g.flatten() for g in g_y])
@@ -63,10 +68,8 @@ def test_penalty_value_equals_the_gradient_norm(cls, norm):
 
 def test_activation_gradients_are_included():
     """With λ_w = 0 the penalty is λ_y‖∇_y L‖₁ — nonzero, and exactly the activation part."""
-    model = _tiny()
     method = GradL1(strength=0.0, act_strength=1.0)
-    method.prepare(model)
-    x, y = _batch()
+    model, x, y = _prepared(method)
     value = _penalty(method, model, x, y)
     _, g_y = _independent_grads(model, x, y)
     assert len(method.tap.modules) == 2 and len(g_y) == 2
@@ -77,10 +80,8 @@ def test_activation_gradients_are_included():
 
 def test_penalty_gradient_matches_finite_differences():
     """d/dθ of the penalty (double backprop) against central differences of the penalty itself."""
-    model = _tiny(bn=False)
     method = GradL1(strength=0.5)
-    method.prepare(model)
-    x, y = _batch()
+    model, x, y = _prepared(method, bn=False)
     params = list(model.parameters())
     value = _penalty(method, model, x, y)
     analytic = torch.autograd.grad(value, params)
@@ -104,10 +105,8 @@ def test_penalty_gradient_matches_finite_differences():
 def _exact_and_fd(cls, eps: float, dtype=torch.float32):
     grads = {}
     for estimator in ("exact", "fd"):
-        model = _tiny(dtype=dtype)
         method = cls(strength=0.05, estimator=estimator, fd_eps=eps)
-        method.prepare(model)
-        x, y = _batch(dtype, n=32)
+        model, x, y = _prepared(method, dtype, n=32)
         loss = F.cross_entropy(model(x), y)
         terms = method.backward(model, loss, (x, y), lambda t: t)
         grads[estimator] = (
@@ -138,9 +137,7 @@ def test_finite_difference_option_agrees_with_double_backprop(cls):
 
 def test_last_epochs_gate_the_penalty():
     method = GradL1(strength=0.1, lam=Constant(2.0), last_epochs=2, epochs=5)
-    model = _tiny()
-    method.prepare(model)
-    x, y = _batch()
+    model, x, y = _prepared(method)
     loss = F.cross_entropy(model(x), y)
     assert method.penalty(model, loss, (x, y)) == {}
     assert method.on_step(model, 10, 2) == {"lambda": 0.0}
@@ -160,10 +157,8 @@ def test_defensive_quantization_closed_forms():
     w = torch.randn(5, 12, dtype=torch.float64)
     sigma = torch.linalg.svdvals(w)
     assert float(orthogonality_gap(w)) == pytest.approx(float(((sigma**2 - 1) ** 2).sum()))
-    model = _tiny()
     method = DefensiveQuantization(strength=0.01)
-    method.prepare(model)
-    x, y = _batch()
+    model, x, y = _prepared(method)
     value = method.penalty(model, F.cross_entropy(model(x), y), (x, y))["dq"]
     expect = 0.01 * sum(orthogonality_gap(m.weight) for m in model if isinstance(m, (nn.Conv2d, nn.Linear)))
     torch.testing.assert_close(value, expect)

@@ -31,31 +31,22 @@ def installed_script() -> Path:
 def test_installed_cli_runs_outside_checkout(tmp_path):
     script = installed_script()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "QUANTLAB_OUTPUTS")}
-    help_out = subprocess.run(
-        [str(script), "train", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+
+    def installed(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    help_out = installed("train", "--help")
     assert help_out.returncode == 0 and "resnet18" in help_out.stdout
-    proc = subprocess.run(
-        [str(script), "train", "-m", "schedule.epochs=1", "seed=0,1"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = installed("train", "-m", "schedule.epochs=1", "seed=0,1")
     assert proc.returncode == 0, proc.stderr
     runs = run_dirs(tmp_path / "outputs")
     assert len(runs) == 2 and all(results(r)["status"] == "completed" for r in runs)
     # the paper tables ship in the wheel, and the plots need no display
-    for command in (["table", "--paper", "md_t1:cifar10/resnet18"], ["plot", "--kind", "curves"]):
-        proc = subprocess.run(
-            [str(script), command[0], str(tmp_path / "outputs"), *command[1:]],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    outputs = str(tmp_path / "outputs")
+    for command in ("table", "--paper", "md_t1:cifar10/resnet18"), ("plot", "--kind", "curves"):
+        proc = installed(command[0], outputs, *command[1:])
         assert proc.returncode == 0, proc.stderr
     assert "REF (float)" in (tmp_path / "outputs" / "table.md").read_text()
     assert (tmp_path / "outputs" / "curves.png").stat().st_size > 0

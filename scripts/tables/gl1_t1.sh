@@ -4,14 +4,9 @@
 source "$(dirname "$0")/lib.sh"
 if [ "$SCALE" = full ]; then
   for model in vgg_small resnet18; do
-    grid "float_$model" experiment=gl1_t1_cifar10_$model method=float
-    grid "reg_$model" experiment=gl1_t1_cifar10_$model method=dq,grad_l2,grad_l1
-    grid "ste_$model" experiment=gl1_t1_cifar10_$model method=ste bitwidth=w8a4,w6a4,w4a4 "init_from=$OUT/float_$model/0"
+    gl1_rows "${model}_" w8a4,w6a4,w4a4 "experiment=gl1_t1_cifar10_$model"
   done
   finish gl1_t1
 fi
-PAIRS='bitwidth.sweep=[[8,4],[6,4],[4,4]]'
-grid float experiment=digits_gradreg method=float "$PAIRS"
-grid reg experiment=digits_gradreg method=dq,grad_l2,grad_l1 "$PAIRS"
-grid ste experiment=digits_gradreg method=ste bitwidth=w8a4,w6a4,w4a4 "init_from=$OUT/float/0" "$PAIRS"
+gl1_rows "" w8a4,w6a4,w4a4 experiment=digits_gradreg 'bitwidth.sweep=[[8,4],[6,4],[4,4]]'
 finish gl1_t1:vgg_small

@@ -35,3 +35,30 @@ finish() {
   $QUANTLAB plot "$OUT" || STATUS=1
   exit $STATUS
 }
+
+# Grids that two tables share.
+
+# md_columns TABLE METHODS OVERRIDE...: MD Tables 1 and 5. Full scale: the five dataset/model columns
+# (presets TABLE_<dataset>_<model>); smoke: digits_md with OVERRIDE... (the bitwidth), compared with
+# the CIFAR-10 ResNet-18 column.
+md_columns() {
+  local table=$1 methods=$2
+  shift 2
+  if [ "$SCALE" = full ]; then
+    local columns=cifar10_vgg16,cifar10_resnet18,cifar100_vgg16,cifar100_resnet18,tinyimagenet_resnet18
+    grid "$table" "experiment=${table}_${columns//,/,${table}_}" "method=$methods"
+    finish "$table"
+  fi
+  grid "$table" experiment=digits_md "method=$methods" "$@"
+  finish "$table:cifar10/resnet18"
+}
+
+# gl1_rows PREFIX STE_BITWIDTHS OVERRIDE...: the gradient-L1 tables' rows: the float network, the
+# three regularizers, and STE fine-tuned from the float run (seed 0's) at each of STE_BITWIDTHS.
+gl1_rows() {
+  local prefix=$1 bitwidths=$2
+  shift 2
+  grid "${prefix}float" "$@" method=float
+  grid "${prefix}reg" "$@" method=dq,grad_l2,grad_l1
+  grid "${prefix}ste" "$@" method=ste "bitwidth=$bitwidths" "init_from=$OUT/${prefix}float/0"
+}
