@@ -1,11 +1,8 @@
-"""The `quantlab` command: subcommands dispatch to their Hydra apps (or argparse for `bench`)."""
+"""The `quantlab` command: dispatch to a command's main() (quantlab.commands); nothing else."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-from quantlab.results import existing_run
 
 USAGE = """usage: quantlab <command> [overrides ...]
 
@@ -31,82 +28,31 @@ examples:
 """
 
 COMMANDS = {
-    "train": "quantlab.train",
-    "ptq": "quantlab.ptq",
-    "bench": "quantlab.bench",
-    "table": "quantlab.table",
-    "plot": "quantlab.plot",
+    "train": "quantlab.commands.train",
+    "ptq": "quantlab.commands.ptq",
+    "bench": "quantlab.commands.bench",
+    "bench ptq": "quantlab.commands.bench_ptq",
+    "table": "quantlab.commands.table",
+    "plot": "quantlab.commands.plot",
 }
-HYDRA_INFO = {"-h", "--help", "--hydra-help", "-c", "--cfg", "--info"}
-
-
-def _fail(message: str) -> None:
-    print(f"quantlab: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _value(args: list[str], key: str) -> str | None:
-    for arg in args:
-        if arg.startswith(f"{key}=") or arg.startswith(f"+{key}=") or arg.startswith(f"++{key}="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def _train_args(args: list[str]) -> list[str]:
-    """Checks that must happen before Hydra creates or writes into a run directory."""
-    multirun = "-m" in args or "--multirun" in args
-    resume = _value(args, "resume")
-    if resume:
-        if multirun:
-            _fail("resume=... continues one run; it cannot be combined with -m/--multirun")
-        run_dir = Path(resume).expanduser().resolve()
-        if not (run_dir / "checkpoints" / "last.pt").is_file() or not (run_dir / "config.yaml").is_file():
-            _fail(f"resume={resume}: not a run directory with checkpoints/last.pt and config.yaml")
-        # Continue in the run's own directory, and keep its .hydra/ (the original config) untouched.
-        args = [a for a in args if not a.startswith("resume=")]
-        return [*args, f"resume={run_dir}", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
-    run_dir = _value(args, "hydra.run.dir")
-    if run_dir and not multirun and existing_run(run_dir):
-        _fail(f"hydra.run.dir={run_dir}: already holds a run; pick a new directory or resume={run_dir}")
-    sweep_dir = _value(args, "hydra.sweep.dir")
-    if sweep_dir and multirun and Path(sweep_dir).is_dir() and any(Path(sweep_dir).iterdir()):
-        _fail(f"hydra.sweep.dir={sweep_dir}: already holds runs; pick a new directory")
-    return args
-
-
-def _ptq_args(args: list[str]) -> list[str]:
-    """`run=` must name finished runs before Hydra creates an output directory."""
-    from quantlab.config import QuantlabError
-    from quantlab.ptq import check_source
-
-    runs = _value(args, "run")
-    which = _value(args, "checkpoint") or "best"
-    multirun = "-m" in args or "--multirun" in args
-    for run in runs.split(",") if runs and multirun else [runs]:
-        try:
-            check_source(run, which)
-        except QuantlabError as e:
-            _fail(str(e))
-    run_dir = _value(args, "hydra.run.dir")
-    if run_dir and not multirun and existing_run(run_dir):
-        _fail(f"hydra.run.dir={run_dir}: already holds a run; pick a new directory")
-    return args
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`quantlab <command> [args]`: the command's module's main(args); nothing else happens here."""
+    import importlib
+
+    from quantlab.engine.console import fail
+
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
     command, rest = args[0], args[1:]
+    if command == "bench" and rest[:1] == ["ptq"]:  # `quantlab bench ptq`: the cost of a PTQ sweep
+        command, rest = "bench ptq", rest[1:]
     if command not in COMMANDS:
-        _fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
-    if command == "train" and not (HYDRA_INFO & set(rest)):
-        rest = _train_args(rest)
-    if command == "ptq" and not (HYDRA_INFO & set(rest)):
-        rest = _ptq_args(rest)
-    import importlib
-
-    module = importlib.import_module(COMMANDS[command])
-    sys.argv = [f"quantlab {command}", *rest]
-    module.main()
+        fail(
+            "quantlab",
+            f"unknown command {command!r}; choose one of: {', '.join(c for c in COMMANDS if ' ' not in c)}",
+        )
+    importlib.import_module(COMMANDS[command]).main(rest)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from quantlab.config import ConfigError
+from quantlab.errors import ConfigError
 
 
 def optimizer(

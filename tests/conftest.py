@@ -56,15 +56,20 @@ def train_in_process(run_dir: Path, overrides: list[str]):
     import torch
     from hydra.utils import instantiate
 
-    from quantlab.config import compose
-    from quantlab.runlog import RunLog
-    from quantlab.trainer import Trainer
+    from quantlab.engine.trainer import Trainer, TrainerSettings
+    from quantlab.runs.config import compose
+    from quantlab.runs.runlog import RunLog
 
     cfg = compose(overrides)
     torch.manual_seed(0)
     runlog = RunLog(run_dir)
     trainer = Trainer(
-        instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset), cfg, run_dir, runlog
+        instantiate(cfg.model),
+        instantiate(cfg.method),
+        instantiate(cfg.dataset),
+        TrainerSettings.from_config(cfg),
+        run_dir,
+        runlog,
     )
     trainer.fit()
     runlog.close()

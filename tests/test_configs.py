@@ -10,8 +10,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from quantlab.config import ConfigError, compose, parse_sweep, validate_train_config
+from quantlab.errors import ConfigError, parse_sweep
 from quantlab.methods.base import Method
+from quantlab.runs.config import compose, validate_train_config
 from tests.fakedata import WRITERS
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -140,7 +141,7 @@ def check_experiment(option: str) -> None:
 
 
 def test_gradient_l1_presets_cover_tables_1_and_2():
-    from quantlab.config import check_missing
+    from quantlab.runs.config import check_missing
 
     for name, sweep in [
         ("gl1_t1_cifar10_vgg_small", [[8, 4], [6, 4], [4, 4]]),

@@ -8,8 +8,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from quantlab.config import QuantlabError, compose
 from quantlab.data import make_loader, split_indices
+from quantlab.errors import QuantlabError
+from quantlab.runs.config import compose
 from tests.fakedata import WRITERS
 
 # dataset -> (expected train+val size, test size, image shape, classes)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantlab.config import ConfigError
+from quantlab.errors import ConfigError
 from quantlab.methods.gradreg import DefensiveQuantization, GradL1, GradL2, orthogonality_gap
 from quantlab.methods.ste import STE, ste_activation
 from quantlab.schedules import Constant
@@ -108,7 +108,8 @@ def _exact_and_fd(cls, eps: float, dtype=torch.float32):
         method = cls(strength=0.05, estimator=estimator, fd_eps=eps)
         model, x, y = _prepared(method, dtype, n=32)
         loss = F.cross_entropy(model(x), y)
-        terms = method.backward(model, loss, (x, y), lambda t: t)
+        terms = method.penalty(model, loss, (x, y))  # what the trainer backpropagates with the loss
+        (loss + sum(terms.values())).backward()
         grads[estimator] = (
             torch.cat([p.grad.flatten() for p in model.parameters()]),
             float(terms[method.name].detach()),
@@ -168,7 +169,7 @@ def test_ste_trains_on_the_grid_and_exports_it():
     model = _tiny(dtype=torch.float32)
     method = STE({"name": "w3a4", "weight_bits": 3, "act_bits": 4})
     method.prepare(model)
-    assert method.trained_bits == (3, 4)
+    assert method.traits.trained_bits == (3, 4)
     x, y = _batch(torch.float32)
     model.train()
     loss = F.cross_entropy(model(x), y)
@@ -231,17 +232,21 @@ def test_trains_and_logs_penalty_and_gradient_norms(tmp_path, overrides):
 def test_logged_gradient_norms_are_those_of_the_task_loss(tmp_path):
     from hydra.utils import instantiate
 
-    from quantlab.config import compose
-    from quantlab.trainer import Trainer
+    from quantlab.engine.trainer import Trainer, TrainerSettings
+    from quantlab.runs.config import compose
 
     cfg = compose(["trainer.grad_norms_every=1"])
     torch.manual_seed(0)
     trainer = Trainer(
-        instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset), cfg, tmp_path
+        instantiate(cfg.model),
+        instantiate(cfg.method),
+        instantiate(cfg.dataset),
+        TrainerSettings.from_config(cfg),
+        tmp_path,
     )
     x, y = next(iter(trainer.train_loader))
     loss = F.cross_entropy(trainer.model(x), y)
-    norms = trainer._grad_norms(loss)
+    norms = trainer.task_gradient_norms(loss)
     weights = [p for p in trainer.model.parameters() if p.ndim > 1]
     flat = torch.cat([g.flatten() for g in torch.autograd.grad(loss, weights)])
     torch.testing.assert_close(norms["l1"], flat.abs().sum())
@@ -251,7 +256,7 @@ def test_logged_gradient_norms_are_those_of_the_task_loss(tmp_path):
 
 def test_test_set_gradient_norms(tmp_path):
     """test/grad_norm_*: the mean over test batches of the norms of ∇_W L (Fig. 2's quantities)."""
-    from quantlab.trainer import gradient_norms
+    from quantlab.engine.evaluate import gradient_norms
 
     model = _tiny(dtype=torch.float32, bn=False)
     batches = [_batch(torch.float32, n=8) for _ in range(2)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,16 +53,30 @@ def test_installed_cli_runs_outside_checkout(tmp_path):
     assert (tmp_path / "outputs" / "curves.png").stat().st_size > 0
 
 
-def test_every_conf_folder_is_packaged():
-    """A config group missing from pyproject's package list would be missing from the wheel."""
-    tomllib = pytest.importorskip("tomllib")
+LIST_INSTALLED = """
+import json, quantlab
+from pathlib import Path
+root = Path(quantlab.__file__).parent
+print(json.dumps(sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix in (".py", ".yaml"))))
+"""
 
-    packages = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    folders = {p for p in (REPO / "conf").rglob("*") if p.is_dir() and "__pycache__" not in p.parts}
-    expected = {"quantlab.conf." + ".".join(f.relative_to(REPO / "conf").parts) for f in folders}
-    code = {p.parent for p in (REPO / "quantlab").rglob("__init__.py")}
-    expected |= {".".join(f.relative_to(REPO).parts) for f in code}
-    assert expected <= packages, sorted(expected - packages)
+
+def test_the_installed_wheel_holds_every_module_and_config():
+    """Package discovery (setup.py) must put every module, paper table and config in the wheel: a
+    missing one would break only the installed `quantlab`, never the checkout."""
+    installed_script()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    listed = subprocess.run(
+        [sys.executable, "-c", LIST_INSTALLED], cwd="/", env=env, capture_output=True, text=True, check=True
+    )
+    installed = set(json.loads(listed.stdout))
+    code = {
+        str(p.relative_to(REPO / "quantlab"))
+        for p in (REPO / "quantlab").rglob("*")
+        if p.suffix in (".py", ".yaml")
+    }
+    configs = {str(Path("conf") / p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
+    assert configs and code and (code | configs) <= installed, sorted((code | configs) - installed)
 
 
 def test_every_source_file_is_tracked_by_git():

@@ -6,18 +6,38 @@ import math
 
 import pytest
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
-from quantlab.config import ConfigError, compose
+from quantlab.engine.trainer import Trainer, TrainerSettings
+from quantlab.errors import ConfigError
 from quantlab.methods.mirror import MirrorAdam, md_softmax_update, md_tanh_update
 from quantlab.methods.proxquant import prox_adaptive, prox_binary, prox_nearest, ternarize_adaptive
+from quantlab.methods.weights import BINARY, TERNARY, WeightQuantizer
 from quantlab.quant import projections as P
-from quantlab.runlog import RunLog
-from quantlab.trainer import Trainer
+from quantlab.runs.config import compose, group_options
+from quantlab.runs.runlog import RunLog
+from tests.conftest import REPO
 
-METHODS = ["md_tanh", "md_tanh_s", "md_softmax", "md_softmax_s", "gd_tanh", "pmf", "bc", "pq", "pq_star"]
-UNSUPPORTED = {("md_tanh", "ternary"), ("bc", "ternary")}
+LEVELS = {"binary": BINARY, "ternary": TERNARY}
+
+
+def weight_quantizers() -> dict[str, type[WeightQuantizer]]:
+    """Every option of conf/method/ whose class trains weights towards the levels Q (the MD paper's
+    methods and baselines), found by reading conf/method/, not listed by hand."""
+    classes = {}
+    for name in group_options("method"):
+        cls = get_class(OmegaConf.load(REPO / "conf" / "method" / f"{name}.yaml")["_target_"])
+        if issubclass(cls, WeightQuantizer):
+            classes[name] = cls
+    return classes
+
+
+METHODS = sorted(weight_quantizers())
+UNSUPPORTED = {
+    (m, b) for m, cls in weight_quantizers().items() for b in LEVELS if LEVELS[b] not in cls.supported
+}
 PAIRS = [(m, b) for m in METHODS for b in ("binary", "ternary") if (m, b) not in UNSUPPORTED]
 
 
@@ -260,7 +280,11 @@ def _trained(method_name: str, bitwidth: str, tmp_path, *extra: str, steps: int 
     )
     torch.manual_seed(0)
     trainer = Trainer(
-        instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset), cfg, tmp_path
+        instantiate(cfg.model),
+        instantiate(cfg.method),
+        instantiate(cfg.dataset),
+        TrainerSettings.from_config(cfg),
+        tmp_path,
     )
     for x, y in trainer.train_loader.iterate(0):
         trainer.train_step(x, y)
@@ -346,7 +370,7 @@ def test_beta_schedule_logged_and_exact_across_resume(tmp_path):
             instantiate(cfg.model),
             instantiate(cfg.method),
             instantiate(cfg.dataset),
-            cfg,
+            TrainerSettings.from_config(cfg),
             run_dir,
             RunLog(run_dir, resume_step),
         )
@@ -355,7 +379,7 @@ def test_beta_schedule_logged_and_exact_across_resume(tmp_path):
     full.fit()
     full.runlog.close()
     part = make(tmp_path / "part")
-    part._run_epoch(None)  # one epoch, then "crash" after its checkpoint
+    part.fit(until=part.steps_per_epoch)  # one epoch, then "crash" after its checkpoint
     part.runlog.close()
     state = torch.load(tmp_path / "part" / "checkpoints" / "last.pt", weights_only=False)
     resumed = make(tmp_path / "part", state["clock"]["step"])
@@ -376,7 +400,7 @@ def test_beta_schedule_logged_and_exact_across_resume(tmp_path):
 
 def test_init_from_a_float_run(tmp_path):
     """Fine-tuning: the quantized run starts from another run's best float weights."""
-    from quantlab.train import load_init
+    from quantlab.runs.build import load_init
 
     source = instantiate(compose([]).model)
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from quantlab.config import compose
+from quantlab.runs.config import compose
 
 # model -> the datasets it is used with (shape from the dataset config).
 CASES = [

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from quantlab.config import check_missing, check_preset_row, compose, group_options
-from quantlab.paper import available, load_paper, matches, row_of
-from quantlab.table import Run, build_paper_table, find_runs, main, to_csv, to_latex, to_markdown
+from quantlab.commands.table import main
+from quantlab.report.paper import available, load_paper, matches, row_of
+from quantlab.report.runs import Run, find_runs
+from quantlab.report.tables import build_paper_table, to_csv, to_latex, to_markdown
+from quantlab.runs.config import check_missing, check_preset_row, compose, group_options
 from tests.conftest import REPO, cli_env, quantlab
 
 PAPERS = REPO.parent / "shared" / "papers"
@@ -272,7 +274,7 @@ def _curves(path: Path, betas: list[float]) -> None:
 
 
 def test_plot_writes_ptq_and_curve_pngs(tmp_path, monkeypatch):
-    from quantlab.plot import plot_ptq, read_curves
+    from quantlab.report.plots import plot_ptq, read_curves
 
     for seed, acc in ((0, 90.0), (1, 92.0)):
         for method in ("float", "grad_l1"):

@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from quantlab.config import ConfigError, compose
-from quantlab.quant.ptq import PTQSettings, PTQSweep, Variant, evaluate_variants, plan, run_sweep
+from quantlab.errors import ConfigError
 from quantlab.quant.ranges import RangeObserver, bn_channel_range, mse_range, percentile_range
 from quantlab.quant.sites import ActQuant
+from quantlab.quant.sweep import PTQSettings, PTQSweep, Variant, evaluate_variants, plan, run_sweep
 from quantlab.quant.uniform import activation_grid, fake_quantize, fake_quantize_activation, quantize_tensor
+from quantlab.runs.config import compose
 
 
 def _net(affine: bool = True, seed: int = 0) -> nn.Sequential:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from quantlab.config import ConfigError
+from quantlab.errors import ConfigError
 from quantlab.methods.shaping import (
     BNNR1,
     BNNR2,
@@ -117,7 +117,8 @@ def test_plain_penalty_is_lambda_sum_f_of_every_weight(cls, f):
     expected = 1e-3 * sum(f(w).sum() for w in weights)
     (value,) = method.penalty(net, torch.tensor(0.0), None).values()
     torch.testing.assert_close(value, expected)
-    assert method.export(net) is net and not method.exported_differs and method.trained_bits is None
+    traits = method.traits
+    assert method.export(net) is net and not traits.exported_differs and traits.trained_bits is None
 
 
 @pytest.mark.parametrize(
@@ -173,7 +174,8 @@ def test_binary_forward_export_and_straight_through_gradient():
             assert torch.equal(w[c].abs().unique(), mu[c].detach().reshape(1))
     first = exported.get_submodule("0").weight
     torch.testing.assert_close(first, net.get_submodule("0").weight)  # kept in float
-    assert method.trained_bits == (1, None) and method.exported_differs and not method.ptq_by_default
+    traits = method.traits
+    assert traits.trained_bits == (1, None) and traits.exported_differs and not traits.ptq_by_default
     # straight-through: ∂L/∂w = ∂L/∂(μ sign w) · μ · 1{|w| ≤ 1}
     net.train()
     module = net.get_submodule("3")
@@ -196,7 +198,7 @@ def test_latent_forward_trains_the_float_weights():
     method = BNNR1(strength=1e-3, forward="latent")
     method.prepare(net)
     torch.testing.assert_close(net.get_submodule("3").weight, before)  # the layer sees w itself
-    assert method.exported_differs
+    assert method.traits.exported_differs
 
 
 def test_sign_activations_and_their_gradient():

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from quantlab.table import build_table, find_runs, main, to_csv, to_latex, to_markdown
+from quantlab.commands.table import main
+from quantlab.report.runs import find_runs
+from quantlab.report.tables import build_table, to_csv, to_latex, to_markdown
 from tests.conftest import cli_env, quantlab
 
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from quantlab.config import compose
-from quantlab.runlog import RunLog
-from quantlab.trainer import Trainer, evaluate
+from quantlab.engine.evaluate import evaluate
+from quantlab.engine.trainer import Trainer, TrainerSettings
+from quantlab.runs.config import compose
+from quantlab.runs.runlog import RunLog
 from tests.toy_method import ToyMethod
 
 OVERRIDES = ["schedule.epochs=2", "dataset.val_size=60", "trainer.log_every=5"]
@@ -20,7 +21,14 @@ def make(tmp_path, method, *extra):
     cfg = compose([*OVERRIDES, *extra])
     torch.manual_seed(0)
     runlog = RunLog(tmp_path)
-    trainer = Trainer(instantiate(cfg.model), method, instantiate(cfg.dataset), cfg, tmp_path, runlog)
+    trainer = Trainer(
+        instantiate(cfg.model),
+        method,
+        instantiate(cfg.dataset),
+        TrainerSettings.from_config(cfg),
+        tmp_path,
+        runlog,
+    )
     return trainer, runlog
 
 
@@ -38,7 +46,8 @@ def test_hooks_called_in_order(tmp_path):
     steps = [c for c in method.calls if c in ("penalty", "on_step")]
     assert steps == ["penalty", "on_step"] * n  # penalty before the step, on_step after it
     assert method.calls.count("export") == 2  # validation of the export after each epoch
-    metrics, exported = trainer.test()
+    result = trainer.test()
+    metrics, exported = result.metrics, result.exported
     runlog.close()
     assert method.calls[-1] == "export"
     # test/acc_exported is the accuracy of exactly what export() returned.
@@ -117,13 +126,13 @@ def test_amp_and_grad_clip_paths(tmp_path):
     trainer, runlog = make(tmp_path, ToyMethod(lr=0.05), "trainer.amp=true", "trainer.grad_clip=1.0")
     assert trainer.amp_dtype == torch.bfloat16
     trainer.fit()
-    metrics, _ = trainer.test()
+    metrics = trainer.test().metrics
     runlog.close()
     assert metrics["test/acc"] > 30 and trainer.last_logged["train/loss"] < 2.3
 
 
 def test_device_errors():
-    from quantlab.trainer import resolve_device
+    from quantlab.engine.evaluate import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():

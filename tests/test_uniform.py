@@ -8,9 +8,10 @@ from hydra.utils import instantiate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantlab.config import ConfigError, compose
+from quantlab.errors import ConfigError
 from quantlab.quant.fold import fold_batch_norm
 from quantlab.quant.uniform import fake_quantize, int_range, qparams, quantize_tensor, quantize_tensor_ste
+from quantlab.runs.config import compose
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 6, 8, 12, 16])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from quantlab.config import ConfigError
+from quantlab.errors import ConfigError
 from quantlab.methods.waveq import WaveQ, waveq_step, waveq_term
 from quantlab.quant.dorefa import dorefa_levels, dorefa_quantize, quantize_unit
 

@@ -7,13 +7,13 @@ import copy
 import torch
 from torch import nn
 
-from quantlab.methods.base import Method
+from quantlab.methods.base import Method, Traits
 
 
 class ToyMethod(Method):
     """prepare: adds a learnable output scale; penalty: weight·Σw²; on_step: counts; export: sign(w)."""
 
-    exported_differs = True
+    traits = Traits(exported_differs=True)
 
     def __init__(self, weight: float = 0.0, lr: float = 0.05) -> None:
         self.weight, self.lr = weight, lr

@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
-from quantlab.config import QuantlabError
 from quantlab.data.bundle import DataBundle, Transformed, split_indices
+from quantlab.errors import QuantlabError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -5,13 +5,19 @@ Call order, per run:
     opt = method.optimizer(model, schedule_cfg)    # once
     for each step:
         loss = task loss (cross-entropy)
-        terms = method.backward(model, loss, batch, scale)  # default: penalty terms summed into the
-                                                    # loss, then backward; a method may fill .grad itself
+        terms = method.penalty(model, loss, batch)  # named terms; the trainer backpropagates
+                                                    # loss + Σ terms (with AMP scaling, DDP, clipping)
         optimizer step
         logged = method.on_step(model, step, epoch) # projections, prox steps, β updates
     exported = method.export(model)                 # hard-quantized copy, evaluated beside the model
     report = method.report(model)                   # e.g. learned bit-widths -> results.json "method"
     method.state_dict() / load_state_dict()         # saved in every checkpoint (exact resume)
+
+`penalty` is the one way a method adds to the gradient: the trainer owns the backward pass (so AMP
+scaling, gradient clipping and, later, data-parallel reduction see every contribution), and a
+gradient that is not the derivative of a computed scalar (the finite-difference Hessian-vector
+product of gradient-L1) is a term built with `surrogate_term`. What describes a method (does its
+export differ, does it get a PTQ sweep by default, on which grid was it trained) is its `traits`.
 
 Every value returned by `penalty` and `on_step` is logged under `method/<name>`. The trainer never
 names a method: a new method is a subclass here plus conf/method/<name>.yaml.
@@ -20,7 +26,8 @@ names a method: a new method is a subclass here plus conf/method/<name>.yaml.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,23 +36,43 @@ from omegaconf import DictConfig
 from torch import nn
 
 
-class Method:
-    """Base class with the defaults of full-precision training; subclasses override what they need."""
+@dataclass(frozen=True)
+class Traits:
+    """What the trainer and the PTQ sweep need to know about a method, in one place."""
 
-    #: True when `export` changes the network (then the exported model is evaluated on validation too).
+    #: `export` changes the network: the exported model is evaluated on validation too, selects the
+    #: best checkpoint (trainer.select_by=auto) and is swept without folding batch norm (fold_bn=auto).
     exported_differs: bool = False
     #: `quantlab train` runs the PTQ sweep after training (ptq.enabled=auto) only for such methods:
     #: binary and ternary methods skip it unless asked (ptq.enabled=true).
     ptq_by_default: bool = True
+    #: (weight bits, activation bits) of the grid the exported network was trained on, or None; the
+    #: PTQ sweep evaluates wider pairs also by ignoring the higher-order bits (quant.sweep).
+    trained_bits: tuple[int | None, int | None] | None = None
     #: every N steps the trainer logs the ℓ1, ℓ2, ℓ∞ norms of the task loss's gradient with respect to
     #: the weight tensors (train/grad_norm_*; 0: only when trainer.grad_norms_every asks).
     grad_norms_every: int = 0
 
-    @property
-    def trained_bits(self) -> tuple[int | None, int | None] | None:
-        """(weight bits, activation bits) of the grid the exported network was trained on, or None.
-        The PTQ sweep evaluates wider pairs also by ignoring the higher-order bits (quant.ptq)."""
-        return None
+
+#: What a method that quantizes weights to a fixed set of levels is (MD, BC, PQ, PMF, ...).
+QUANTIZED = Traits(exported_differs=True, ptq_by_default=False)
+
+
+def surrogate_term(
+    value: torch.Tensor, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """A penalty term whose forward value is `value` and whose gradient with respect to params[i] is
+    grads[i]: value.detach() + s − s.detach() with s = Σ_i <grads[i].detach(), params[i]>. It hands a
+    gradient the method computed itself (e.g. a finite-difference Hessian-vector product) to the
+    trainer's one backward pass."""
+    inner = sum((g.detach() * p).sum() for p, g in zip(params, grads, strict=True))
+    return value.detach() + inner - inner.detach()
+
+
+class Method:
+    """Base class with the defaults of full-precision training; subclasses override what they need."""
+
+    traits: Traits = Traits()
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Reparametrize weights, add scales or hooks. Default: the model unchanged."""
@@ -78,22 +105,9 @@ class Method:
         return [], None
 
     def penalty(self, model: nn.Module, loss: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
-        """Named regularization terms added to the task loss. Default: none."""
+        """Named regularization terms added to the task loss (the trainer backpropagates
+        loss + Σ terms and logs each term's mean as method/<name>). Default: none."""
         return {}
-
-    def backward(
-        self, model: nn.Module, loss: torch.Tensor, batch: Any, scale: Callable[[torch.Tensor], torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """Fill the parameters' .grad for this step and return the named penalty terms (for logging).
-
-        Default: (loss + Σ penalty terms) scaled by `scale` (the AMP grad scaler), then backward.
-        A method whose gradient is not the backward of a scalar (e.g. a finite-difference
-        Hessian-vector product) overrides this and writes `scale(grad)` into each .grad itself.
-        """
-        terms = self.penalty(model, loss, batch)
-        total = loss + sum(terms.values()) if terms else loss
-        scale(total).backward()
-        return terms
 
     def on_step(self, model: nn.Module, step: int, epoch: int) -> dict[str, float]:
         """Called after each optimizer step (`step` counts steps before it, from 0). Default: nothing."""

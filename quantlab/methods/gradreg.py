@@ -3,7 +3,7 @@
 - `GradL1`: Eq. 3, λ_w·‖∇_W L‖₁ + λ_y·‖∇_y L‖₁ over the weights W of every conv / linear layer (the
   tensors PTQ quantizes) and the outputs y of every activation module (ReLU, ...), by double
   backpropagation (`estimator: exact`) or by a finite-difference Hessian–vector product
-  (`estimator: fd`, see `GradientPenalty.backward`).
+  (`estimator: fd`, see `GradientPenalty._finite_difference`).
 - `GradL2`: the same with the ℓ2 norm (the paper's "L2 regularization" baseline, after Gulrajani
   et al. 2017).
 - `DefensiveQuantization`: β·Σ_l ‖W_lᵀW_l − I‖²_F (Lin et al. 2019; Appendix C of the paper).
@@ -14,15 +14,15 @@ epochs (the paper's choice: the last 15); fine-tuning from a trained run is `ini
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from quantlab.config import ConfigError
-from quantlab.methods.base import Method
+from quantlab.errors import ConfigError
+from quantlab.methods.base import Method, Traits, surrogate_term
+from quantlab.quant.layers import conv_linear_layers
 from quantlab.schedules import Constant, Schedule
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardtanh, nn.Hardswish)
@@ -31,7 +31,7 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 def quantized_weights(model: nn.Module) -> list[Tensor]:
     """The weight of every conv / linear layer (what post-training quantization rounds)."""
-    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return [m.weight for _, m in conv_linear_layers(model)]
 
 
 def norm_of(grads: list[Tensor], p: int) -> Tensor:
@@ -123,7 +123,7 @@ class GradientPenalty(Method):
         self.schedule = lam if lam is not None else Constant(1.0)
         self.start_epoch = (int(epochs) - last_epochs) if last_epochs is not None else 0
         self.estimator, self.fd_eps = estimator, float(fd_eps)
-        self.grad_norms_every = int(grad_norms_every)
+        self.traits = Traits(grad_norms_every=int(grad_norms_every))
         self.factor = self._factor(0, 0)
         self.weights: list[Tensor] = []
         self.tap: ActivationTap | None = None
@@ -154,6 +154,8 @@ class GradientPenalty(Method):
     def penalty(self, model: nn.Module, loss: Tensor, batch: Any) -> dict[str, Tensor]:
         if not self.active():
             return {}
+        if self.estimator == "fd":
+            return {self.name: self._finite_difference(model, loss, batch)}
         lam_w, lam_y = self.strengths()
         acts = self.tap.outputs if self.tap is not None else []
         grads = torch.autograd.grad(loss, [*self.weights, *acts], create_graph=True)
@@ -162,13 +164,6 @@ class GradientPenalty(Method):
         if g_y:
             value = value + lam_y * norm_of(g_y, self.norm)
         return {self.name: value}
-
-    def backward(
-        self, model: nn.Module, loss: Tensor, batch: Any, scale: Callable[[Tensor], Tensor]
-    ) -> dict[str, Tensor]:
-        if self.estimator == "exact" or not self.active():
-            return super().backward(model, loss, batch, scale)
-        return self._finite_difference(model, loss, batch, scale)
 
     def on_step(self, model: nn.Module, step: int, epoch: int) -> dict[str, float]:
         self.factor = self._factor(step + 1, epoch)
@@ -186,14 +181,14 @@ class GradientPenalty(Method):
 
     # -- the finite-difference Hessian–vector product --------------------------------------------------
 
-    def _finite_difference(
-        self, model: nn.Module, loss: Tensor, batch: Any, scale: Callable[[Tensor], Tensor]
-    ) -> dict[str, Tensor]:
+    def _finite_difference(self, model: nn.Module, loss: Tensor, batch: Any) -> Tensor:
+        """The penalty's value, as a term whose gradient is the forward difference of ∇_θ L (the
+        trainer's backward of the loss adds ∇_θ L itself, so the total is ∇L + H·v)."""
         assert self.tap is not None
         lam_w, lam_y = self.strengths()
         params = [p for p in model.parameters() if p.requires_grad]
         acts = list(self.tap.outputs)
-        first = torch.autograd.grad(loss, [*params, *acts], allow_unused=True)
+        first = torch.autograd.grad(loss, [*params, *acts], allow_unused=True, retain_graph=True)
         g_params = [
             g if g is not None else torch.zeros_like(p)
             for g, p in zip(first[: len(params)], params, strict=True)
@@ -210,9 +205,10 @@ class GradientPenalty(Method):
         bn_state = {id(m): [b.clone() for b in m.buffers()] for m in model.modules() if isinstance(m, _BN)}
         rng_after = torch.random.get_rng_state()
         try:
-            with torch.no_grad():
-                for w, v in zip(self.weights, v_w, strict=True):
-                    w.add_(v, alpha=eps)
+            # through .data: the loss graph the trainer backpropagates next saved these tensors, and
+            # values restored bit for bit must not count as an in-place change there
+            for w, v in zip(self.weights, v_w, strict=True):
+                w.data.add_(v, alpha=eps)
             if self.tap.rng_state is not None:
                 torch.random.set_rng_state(self.tap.rng_state)
             self.tap.perturb = v_y
@@ -222,17 +218,18 @@ class GradientPenalty(Method):
         finally:
             self.tap.perturb = None
             torch.random.set_rng_state(rng_after)
-            with torch.no_grad():
-                for w, original in zip(self.weights, saved, strict=True):
-                    w.copy_(original)
-                for m in model.modules():
-                    if isinstance(m, _BN):
-                        for b, original in zip(m.buffers(), bn_state[id(m)], strict=True):
-                            b.copy_(original)
-        for p, g, g2 in zip(params, g_params, second, strict=True):
-            shifted_g = g2 if g2 is not None else torch.zeros_like(g)
-            p.grad = scale(g + (shifted_g - g) / eps)
-        return {self.name: value.detach() if isinstance(value, Tensor) else torch.tensor(value)}
+            for w, original in zip(self.weights, saved, strict=True):
+                w.data.copy_(original)
+            for m in model.modules():
+                if isinstance(m, _BN):
+                    for b, original in zip(m.buffers(), bn_state[id(m)], strict=True):
+                        b.data.copy_(original)
+        hvp = [
+            ((g2 if g2 is not None else torch.zeros_like(g)) - g) / eps
+            for g, g2 in zip(g_params, second, strict=True)
+        ]
+        value = value if isinstance(value, Tensor) else torch.tensor(value)
+        return surrogate_term(value, params, hvp)
 
 
 class GradL1(GradientPenalty):
@@ -267,7 +264,7 @@ class DefensiveQuantization(Method):
         self.strength = float(strength)
         self.schedule = lam if lam is not None else Constant(1.0)
         self.factor = float(self.schedule(0, 0))
-        self.grad_norms_every = int(grad_norms_every)
+        self.traits = Traits(grad_norms_every=int(grad_norms_every))
         self.weights: list[Tensor] = []
 
     def prepare(self, model: nn.Module) -> nn.Module:

@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from quantlab.config import ConfigError
+from quantlab.errors import ConfigError
 from quantlab.methods.weights import BINARY, TERNARY, WeightQuantizer
 from quantlab.quant.projections import (
     hard_argmax,

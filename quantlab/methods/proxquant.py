@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from quantlab.config import ConfigError
+from quantlab.errors import ConfigError
 from quantlab.methods.weights import WeightQuantizer
 from quantlab.quant.projections import hard_nearest
 

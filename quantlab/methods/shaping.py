@@ -22,6 +22,7 @@ feeding a full-precision last layer.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -29,12 +30,14 @@ from torch import Tensor, nn
 from torch.autograd import Function
 from torch.nn.utils import parametrize
 
-from quantlab.config import ConfigError
-from quantlab.methods.base import Method
+from quantlab.errors import ConfigError
+from quantlab.methods.base import QUANTIZED, Method, Traits
 from quantlab.methods.gradreg import ACTIVATIONS
 from quantlab.methods.weights import Scope, plain_copy, weight_layers
 from quantlab.quant.projections import binary_connect_sign, hard_sign
 from quantlab.schedules import Constant, LogEpoch, Schedule
+
+QUANTIZED_1BIT = replace(QUANTIZED, trained_bits=(1, None))
 
 FORWARDS = ("binary", "latent")
 
@@ -155,16 +158,12 @@ class WeightShaping(Method):
         keep_all = (not self.binary) if first_last is None else bool(first_last)
         self.scope = Scope(first_last=keep_all, bias=False)
         self.layers: list[str] = []
-        self.exported_differs = self.binary
-        self.ptq_by_default = not self.binary
+        # binary: the export is sign(w)·scale, the 1-bit grid; plain: a float network PTQ sweeps
+        self.traits = QUANTIZED_1BIT if self.binary else Traits()
 
     def shape(self, x: Tensor) -> Tensor:
         """f of the module docstring, elementwise."""
         raise NotImplementedError  # abstract: every concrete method defines it
-
-    @property
-    def trained_bits(self) -> tuple[int | None, int | None] | None:
-        return (1, None) if self.binary else None
 
     def prepare(self, model: nn.Module) -> nn.Module:
         self.layers = weight_layers(model, self.scope)

@@ -4,7 +4,7 @@ Weights and activations are fake-quantized in the forward pass on a symmetric un
 `bitwidth.weight_bits` / `bitwidth.act_bits`, and the backward pass goes straight through:
 - weights: per-output-channel symmetric round-to-nearest with the min–max scale — the very quantizer
   the PTQ sweep applies, so evaluating at more bits by "ignoring the higher-order bits" reproduces
-  the trained grid exactly (quant.ptq; `trained_bits`); ∂ŵ/∂w = 1 (Bengio et al. 2013);
+  the trained grid exactly (quant.sweep; `traits.trained_bits`); ∂ŵ/∂w = 1 (Bengio et al. 2013);
 - activations: the input of every conv / linear layer (PTQ's default placement), per tensor, on the
   grid of quant.uniform.activation_grid over a range tracked as an exponential moving average of the
   batch min / max (momentum 0.9; frozen in eval mode); the gradient is 1 inside the range, 0 outside
@@ -20,12 +20,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from quantlab.config import ConfigError, check_bits
-from quantlab.methods.base import Method
+from quantlab.errors import ConfigError, check_bits
+from quantlab.methods.base import Method, Traits
 from quantlab.methods.weights import plain_copy
+from quantlab.quant.layers import conv_linear_layers
 from quantlab.quant.uniform import activation_grid, fake_quantize_activation, quantize_tensor
-
-_LAYERS = (nn.Conv2d, nn.Linear)
 
 
 class STEWeight(nn.Module):
@@ -52,7 +51,6 @@ def ste_activation(x: Tensor, lo: float, hi: float, bits: int) -> Tensor:
 class STE(Method):
     """Quantization-aware fine-tuning with the STE at (bitwidth.weight_bits, bitwidth.act_bits)."""
 
-    exported_differs = True
     momentum = 0.9
 
     def __init__(self, bitwidth: Any, grad_norms_every: int = 10) -> None:
@@ -64,16 +62,16 @@ class STE(Method):
         check_bits(w_bits, "bitwidth.weight_bits", low=1, high=16)
         check_bits(a_bits, "bitwidth.act_bits", low=1, high=16, allow_none=True)
         self.weight_bits, self.act_bits = int(w_bits), (None if a_bits is None else int(a_bits))
-        self.grad_norms_every = int(grad_norms_every)
+        self.traits = Traits(
+            exported_differs=True,
+            trained_bits=(self.weight_bits, self.act_bits),
+            grad_norms_every=int(grad_norms_every),
+        )
         self.ranges: dict[str, list[float]] = {}  # layer name -> [lo, hi] (EMA of batch min / max)
         self.layers: list[str] = []
 
-    @property
-    def trained_bits(self) -> tuple[int | None, int | None]:
-        return self.weight_bits, self.act_bits
-
     def prepare(self, model: nn.Module) -> nn.Module:
-        self.layers = [n for n, m in model.named_modules() if isinstance(m, _LAYERS)]
+        self.layers = [n for n, _ in conv_linear_layers(model)]
         if not self.layers:
             raise ConfigError("method=ste: the model has no conv or linear layer")
         for name in self.layers:

@@ -36,8 +36,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from quantlab.config import ConfigError
-from quantlab.methods.base import Method
+from quantlab.errors import ConfigError
+from quantlab.methods.base import QUANTIZED, Method
 from quantlab.methods.weights import Scope, plain_copy, weight_layers
 from quantlab.quant.dorefa import dorefa_quantize, tanh_normalize
 from quantlab.schedules import TanhRamp
@@ -79,10 +79,9 @@ class DoReFaWeight(nn.Module):
 class WaveQ(Method):
     """WaveQ (sinusoidal regularizer, learnable per-layer bit-width; export: DoReFa Eq. B.1, B.2)."""
 
-    exported_differs = True
     #: the export is already quantized (DoReFa levels at learned bits, which PTQ's symmetric grid does
     #: not contain): no PTQ sweep unless asked (ptq.enabled=true re-quantizes on PTQ's grid)
-    ptq_by_default = False
+    traits = QUANTIZED
     name = "waveq"
 
     def __init__(

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from quantlab.config import ConfigError
-from quantlab.methods.base import Method
+from quantlab.errors import ConfigError
+from quantlab.methods.base import QUANTIZED, Method
+from quantlab.quant.layers import conv_linear_layers
 from quantlab.schedules import Constant, Schedule
 
 BINARY = (-1.0, 1.0)
@@ -44,7 +45,7 @@ class Scope:
 
 def quantized_layers(model: nn.Module, scope: Scope) -> Iterator[tuple[str, str]]:
     """(module path, parameter name) of every tensor to quantize, in model order."""
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = conv_linear_layers(model)
     if not layers:
         return
     first = layers[0][0]
@@ -135,8 +136,8 @@ class WeightQuantizer(Method):
     one tensor) and `hard` (its exported value on Q, from the auxiliary tensor).
     """
 
-    exported_differs = True
-    ptq_by_default = False
+    traits = QUANTIZED  # binary weights lie on the 1-bit grid (sign · scale), ternary on the 2-bit
+    # symmetric grid {−1, 0, 1} · scale; activations stay in float (set per instance below)
     supported: Sequence[tuple[float, ...]] = (BINARY, TERNARY)
     name = "weight quantizer"
 
@@ -165,16 +166,11 @@ class WeightQuantizer(Method):
         self.scope = Scope(**(dict(scope) if scope else {}))
         self.init, self.init_gain, self.bn_affine = init, float(init_gain), bn_affine
         self.targets: list[tuple[str, str]] = []
+        self.traits = replace(QUANTIZED, trained_bits=(2 if self.ternary else 1, None))
 
     @property
     def ternary(self) -> bool:
         return len(self.levels_tuple) == 3
-
-    @property
-    def trained_bits(self) -> tuple[int | None, int | None]:
-        """Binary weights are the 1-bit grid (sign · scale), ternary ones lie on the 2-bit symmetric
-        grid {−1, 0, 1} · scale; activations stay in float."""
-        return (2 if self.ternary else 1), None
 
     # -- protocol ------------------------------------------------------------------------------------
 

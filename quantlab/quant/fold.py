@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from torch.fx import GraphModule, symbolic_trace
 
+from quantlab.quant.layers import WEIGHT_LAYERS
+
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
-_LAYERS = (nn.Conv2d, nn.Linear)
 
 
 @torch.no_grad()
@@ -44,7 +45,7 @@ def fold_batch_norm(model: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]]:
         if (
             not isinstance(producer, torch.fx.Node)
             or producer.op != "call_module"
-            or not isinstance(modules.get(producer.target), _LAYERS)
+            or not isinstance(modules.get(producer.target), WEIGHT_LAYERS)
             or len(producer.users) != 1
         ):
             continue

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 
+from quantlab.quant.layers import WEIGHT_LAYERS
 from quantlab.quant.ranges import Range, RangeObserver
 from quantlab.quant.uniform import fake_quantize_activation
 
-LAYERS = (nn.Conv2d, nn.Linear)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _PASS_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
 _PASS_FUNCTIONS = {
@@ -149,7 +149,7 @@ def instrument(
     sites: list[Site] = []
     shared: dict[Node, Node] = {}
     layer_nodes = [
-        n for n in graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], LAYERS)
+        n for n in graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], WEIGHT_LAYERS)
     ]
     for node in layer_nodes:
         layer = str(node.target)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Collection
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -38,3 +40,27 @@ def error_line(prefix: str, message: object) -> None:
     """A user-fixable error: one plain line on stderr, never wrapped."""
     text = " ".join(str(message).split())
     print(f"{prefix}: error: {text}", file=sys.stderr, flush=True)
+
+
+def fail(prefix: str, message: object) -> NoReturn:
+    """The one exit path for a user-fixable error: one line on stderr, exit code 2."""
+    error_line(prefix, message)
+    sys.exit(2)
+
+
+def print_rows(
+    title: str,
+    columns: dict[str, Callable[[dict[str, Any]], str]],
+    rows: list[dict],
+    left: Collection[str] = (),
+) -> None:
+    """A rich table of `rows`: one column per entry of `columns`, its text from the row by the
+    column's function; numbers right-aligned, the columns named in `left` left-aligned."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name in columns:
+        table.add_column(name, justify="left" if name in left else "right")
+    for row in rows:
+        table.add_row(*(text(row) for text in columns.values()))
+    console.print(table)

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import symbolic_trace
 
-from quantlab.config import ConfigError, check_bits
+from quantlab.errors import ConfigError, Pair, check_bits
 from quantlab.quant.fold import fold_batch_norm
+from quantlab.quant.layers import WEIGHT_LAYERS
 from quantlab.quant.ranges import (
     Range,
     RangeObserver,
@@ -43,14 +44,13 @@ from quantlab.quant.ranges import (
     mse_range,
     percentile_range,
 )
-from quantlab.quant.sites import LAYERS, PLACEMENTS, ActQuant, Site, instrument
+from quantlab.quant.sites import PLACEMENTS, ActQuant, Site, instrument
 from quantlab.quant.uniform import activation_grid, quantize_tensor
 
 log = logging.getLogger("quantlab")
 
 RANGES = ("bn", "minmax", "percentile", "mse")
 HIGHER_BITS = ("best", "requantize", "ignore")
-Pair = tuple[int, int | None]
 
 
 def pair_name(weight_bits: int, act_bits: int | None) -> str:
@@ -157,7 +157,7 @@ def plan(
 def quantize_weights(model: nn.Module, bits: int, per_channel: bool, symmetric: bool) -> None:
     """Round every conv / linear weight to the grid in place (biases stay in float)."""
     for module in model.modules():
-        if isinstance(module, LAYERS):
+        if isinstance(module, WEIGHT_LAYERS):
             module.weight.copy_(quantize_tensor(module.weight, bits, symmetric, 0 if per_channel else None))
 
 

@@ -1,23 +1,16 @@
-"""Where the configs live, and the checks that turn bad input into one-line errors."""
+"""The Hydra side of a run: where the configs live, composing them, and the checks that turn a
+composed config's bad values into one-line errors before anything is built."""
 
 from __future__ import annotations
 
 import importlib.util
-import logging
-import sys
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-
-class QuantlabError(Exception):
-    """An error the user can fix; printed as one line, without a traceback."""
-
-
-class ConfigError(QuantlabError):
-    """A config value outside what is allowed; the message names the field."""
+from quantlab.errors import ConfigError, QuantlabError, check_bits, check_positive, parse_sweep
 
 
 def config_dir() -> str:
@@ -53,56 +46,15 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None)
 
 
-def _check_positive(cfg: DictConfig, key: str, integer: bool) -> None:
-    value = _get(cfg, key)
-    if value is None:
-        return
-    kind = "an integer" if integer else "a number"
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or (integer and not isinstance(value, int))
-    ):
-        raise ConfigError(f"{key}={value!r}: must be {kind} > 0")
-    if value <= 0:
-        raise ConfigError(f"{key}={value}: must be {kind} > 0")
-
-
-def check_bits(value: Any, field: str, low: int = 1, high: int = 32, allow_none: bool = False) -> None:
-    """A bit-width must be an integer in [low, high] (None allowed where `allow_none`)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        extra = " or null" if allow_none else ""
-        raise ConfigError(f"{field}={value!r}: bits must be an integer in {low}..{high}{extra}")
-
-
-def parse_sweep(sweep: Iterable[Any] | None, field: str = "bitwidth.sweep", high: int = 32) -> list[tuple]:
-    """A PTQ sweep: a list of [weight_bits, act_bits] pairs; act_bits null means weights only."""
-    if sweep is None:
-        return []
-    if not isinstance(sweep, (list, tuple, ListConfig)):
-        raise ConfigError(f"{field}={sweep!r}: must be a list of [weight_bits, act_bits] pairs")
-    pairs = []
-    for i, pair in enumerate(sweep):
-        if not isinstance(pair, (list, tuple, ListConfig)) or len(pair) != 2:
-            raise ConfigError(f"{field}[{i}]={pair!r}: must be a pair [weight_bits, act_bits]")
-        w, a = pair
-        check_bits(w, f"{field}[{i}][0]", high=high)
-        check_bits(a, f"{field}[{i}][1]", high=high, allow_none=True)
-        pairs.append((int(w), None if a is None else int(a)))
-    return pairs
-
-
 def validate_train_config(cfg: DictConfig) -> None:
     """Reject out-of-range values before anything is built; each error names its field."""
     epochs, iterations = _get(cfg, "schedule.epochs"), _get(cfg, "schedule.iterations")
     if epochs is None and iterations is None:
         raise ConfigError("schedule.epochs / schedule.iterations: set one of them to an integer > 0")
-    _check_positive(cfg, "schedule.epochs", integer=True)
-    _check_positive(cfg, "schedule.iterations", integer=True)
-    _check_positive(cfg, "schedule.batch_size", integer=True)
-    _check_positive(cfg, "schedule.optimizer.lr", integer=False)
+    check_positive(_get(cfg, "schedule.epochs"), "schedule.epochs", integer=True)
+    check_positive(_get(cfg, "schedule.iterations"), "schedule.iterations", integer=True)
+    check_positive(_get(cfg, "schedule.batch_size"), "schedule.batch_size", integer=True)
+    check_positive(_get(cfg, "schedule.optimizer.lr"), "schedule.optimizer.lr", integer=False)
     if _get(cfg, "schedule.batch_size") is None:
         raise ConfigError("schedule.batch_size: must be an integer > 0")
     if _get(cfg, "schedule.optimizer.lr") is None:
@@ -111,7 +63,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         check_bits(_get(cfg, key), key, allow_none=True)
     parse_sweep(_get(cfg, "bitwidth.sweep"), high=16)
     for key in ("trainer.eval_every", "trainer.log_every"):
-        _check_positive(cfg, key, integer=True)
+        check_positive(_get(cfg, key), key, integer=True)
     norms_every = _get(cfg, "trainer.grad_norms_every")
     if norms_every is not None and (
         isinstance(norms_every, bool) or not isinstance(norms_every, int) or norms_every < 0
@@ -134,7 +86,6 @@ def compose(overrides: list[str] | None = None, config_name: str = "train") -> D
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir, initialize_config_module
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
 
     root = config_dir()
     if root.startswith("pkg://"):
@@ -170,19 +121,50 @@ def check_missing(cfg: DictConfig) -> None:
         raise ConfigError(f"{missing[0]}: a value is required here (set {missing[0]}=...)")
 
 
-def run_command(run: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, command: str) -> dict[str, Any]:
-    """`run(cfg)` for a Hydra command. A user-fixable QuantlabError is one plain line on stderr and
-    exit 2; in a multirun it goes on to Hydra, which records the job as failed and runs the others."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+RESOLVED = "config.yaml"  # a run's fully resolved config, written when it starts
 
-    from quantlab.console import error_line
 
+def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _config_diff(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1]} (run: {a!r}, now: {b!r})"]
+
+
+def resume_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple[DictConfig, list[str]]:
+    """The config of the run being resumed (resolved when it started) and the overrides that made it;
+    command-line settings that differ from the run's are refused, naming them."""
+    saved = OmegaConf.load(run_dir / RESOLVED)
+    user = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
+    if user:
+        now = OmegaConf.to_container(cfg, resolve=True)
+        before = OmegaConf.to_container(saved, resolve=False)
+        now.pop("resume", None)
+        before.pop("resume", None)
+        diff = _config_diff(before, now)
+        if diff:
+            raise ConfigError(f"resume={run_dir}: settings differ from the run's: {'; '.join(diff[:5])}")
+    with open_dict(saved):
+        saved.resume = str(run_dir)
+    saved_overrides = run_dir / ".hydra" / "overrides.yaml"
+    if saved_overrides.exists():
+        overrides = list(OmegaConf.load(saved_overrides))
+    return saved, overrides
+
+
+def prepare_train_config(cfg: DictConfig, choices: dict[str, str], write_to: Path | None) -> DictConfig:
+    """The checks a composed `train` config must pass, then the config fully resolved (and written to
+    `write_to`, the run's config.yaml, for a new run) and its values validated."""
+    check_preset_row(cfg, choices.get("method"), choices.get("experiment"))
+    check_missing(cfg)
     try:
-        return run(cfg)
-    except QuantlabError as e:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        logging.getLogger("quantlab").debug("failed", exc_info=True)
-        error_line(command, e)
-        sys.exit(2)
+        resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(" ".join(str(e).split())) from None
+    if write_to is not None:
+        write_to.write_text(resolved)
+    cfg = OmegaConf.create(resolved)
+    validate_train_config(cfg)
+    return cfg

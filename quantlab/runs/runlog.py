@@ -1,7 +1,8 @@
-"""Where a run's numbers go: TensorBoard (tb/), metrics.jsonl, and the terminal."""
+"""Where a run's numbers go: TensorBoard (tb/) and metrics.jsonl."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,24 +11,52 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from quantlab.results import MetricsLog
+from quantlab.engine.files import json_safe, write_text_atomic
 
 log = logging.getLogger("quantlab")
 
 
-def flatten_config(cfg: DictConfig | dict, prefix: str = "") -> dict[str, bool | int | float | str]:
-    """Flatten a config to `a.b.c: scalar` pairs (lists become strings), for the HParams tab."""
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+def flatten(tree: DictConfig | dict, prefix: str = "", sep: str = ".") -> dict[str, bool | int | float | str]:
+    """A nested config or dict as `a<sep>b<sep>c: scalar` pairs; other leaves (lists, None) as strings."""
+    data = OmegaConf.to_container(tree, resolve=True) if isinstance(tree, DictConfig) else tree
     flat: dict[str, bool | int | float | str] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(flatten_config(value, f"{name}."))
+            flat.update(flatten(value, f"{name}{sep}", sep))
         elif isinstance(value, (bool, int, float, str)):
             flat[name] = value
         else:
             flat[name] = str(value)
     return flat
+
+
+def numbers(flat: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of a flat dict (bools excluded), as floats."""
+    return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per logging event, each with its `step`."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            # Drop what an interrupted run logged after its last checkpoint: it will be logged again.
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= resume_step
+            ]
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
+        self._file = open(path, "a")  # noqa: SIM115 - kept open for the whole run
+
+    def write(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        self._file.write(json.dumps(json_safe({"step": step, "epoch": epoch, **values})) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class RunLog:
@@ -55,8 +84,14 @@ class RunLog:
 
     def hparams(self, cfg: DictConfig, metrics: dict[str, Any]) -> None:
         final = {f"hparam/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        self.tb.add_hparams(flatten_config(cfg), final, run_name=".")
+        self.tb.add_hparams(flatten(cfg), final, run_name=".")
 
     def close(self) -> None:
         self.tb.close()
         self.jsonl.close()
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import torch
 
-from quantlab.config import compose
-from quantlab.console import console
+from quantlab.engine.console import print_rows
+from quantlab.engine.trainer import Trainer, TrainerSettings
+from quantlab.runs.config import compose
 
 
 def _build(model: str, method: str, args: argparse.Namespace, tmp: Path):
     from hydra.utils import instantiate
-
-    from quantlab.trainer import Trainer
 
     spec, *options = method.split(",")
     name, _, bitwidth = spec.partition(":")
@@ -48,9 +47,8 @@ def _build(model: str, method: str, args: argparse.Namespace, tmp: Path):
     ]
     cfg = compose(overrides)
     torch.manual_seed(0)
-    trainer = Trainer(
-        instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset), cfg, tmp / method
-    )
+    model, method_obj, data = instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset)
+    trainer = Trainer(model, method_obj, data, TrainerSettings.from_config(cfg), tmp / method)
     trainer.model.train()
     # time a step from the second epoch on: penalties whose schedule is 0 in the first epoch
     # (the Foothill paper's λ₀·log t) would otherwise be skipped
@@ -103,23 +101,18 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def print_rows(rows: list[dict]) -> None:
-    from rich.table import Table
-
-    table = Table(title="quantlab bench — training step time, side by side")
-    for col in ("model", "method", "device", "batch", "ms/step", "images/s", "× float"):
-        table.add_column(col, justify="right" if col not in ("model", "method", "device") else "left")
-    for r in rows:
-        table.add_row(
-            r["model"],
-            r["method"],
-            r["device"],
-            str(r["batch_size"]),
-            f"{r['step_ms']:.1f}",
-            f"{r['images_per_s']:.1f}",
-            f"{r['ratio_to_float']:.2f}x",
-        )
-    console.print(table)
+def print_results(rows: list[dict]) -> None:
+    columns = {
+        "model": lambda r: r["model"],
+        "method": lambda r: r["method"],
+        "device": lambda r: r["device"],
+        "batch": lambda r: str(r["batch_size"]),
+        "ms/step": lambda r: f"{r['step_ms']:.1f}",
+        "images/s": lambda r: f"{r['images_per_s']:.1f}",
+        "× float": lambda r: f"{r['ratio_to_float']:.2f}x",
+    }
+    title = "quantlab bench — training step time, side by side"
+    print_rows(title, columns, rows, left=("model", "method", "device"))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -148,14 +141,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["ptq"]:  # `quantlab bench ptq ...`: the cost of a PTQ sweep
-        from quantlab import bench_ptq
-
-        bench_ptq.main(sys.argv[2:])
-        return
-    args = parse_args(sys.argv[1:])
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     rows = run(args)
-    print_rows(rows)
+    print_results(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

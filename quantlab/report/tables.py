@@ -1,143 +1,21 @@
-"""`quantlab table`: the results.json of runs and multiruns, aggregated into one table.
-
-    quantlab table outputs/train/multirun/<date>            # rows: the overrides that vary
-    quantlab table <dir> --rows method --cols ptq          # columns: the PTQ bit pairs
-    quantlab table <dir> --rows method --cols method.strength --metric test/acc
-    quantlab table <dir> --paper md_t1                      # the paper's layout, its numbers beside ours
-
-Runs are found by their results.json (a run directory, or any directory below the given ones);
-a job directory with a `.hydra/` but no results.json is shown as "missing". Runs are grouped by
-the command-line overrides whose values differ between them (seed excepted: cells are mean ± std
-over seeds); failed, running and missing runs are counted in their cell, never dropped. The table
-is printed and written beside the runs as <name>.md, <name>.csv (one line per cell, raw numbers)
-and <name>.tex. With `--paper`, rows and columns are the paper table's (quantlab/paper.py) and each
-cell reads "ours / paper (ours − paper)".
-"""
+"""Tables of runs: cells of mean ± std over seeds with every run's status counted, grouped by the
+overrides that vary (`build_table`) or laid out as a paper's table beside its numbers
+(`build_paper_table`); rendered as markdown, CSV, LaTeX and a rich table."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
 import math
 import statistics
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from quantlab.paper import PaperTable, load_paper, matches, row_of
-
-IGNORED_KEYS = ("seed", "hydra.", "hydra/")
-COLUMN_SOURCES = ("metric", "ptq")
-
-
-@dataclass
-class Run:
-    """One run as the table sees it: its status, its overrides, its final numbers."""
-
-    path: Path
-    status: str  # completed | failed | running | missing | unreadable
-    overrides: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    choices: dict[str, str] = field(default_factory=dict)
-    _config: dict | None = field(default=None, repr=False)
-
-    @property
-    def seed(self) -> str:
-        return self.overrides.get("seed", "0")
-
-    def value(self, key: str) -> Any:
-        """A config group's choice (method, dataset, ...) or a dotted key of the run's resolved
-        config.yaml (its overrides where the run never wrote one); None when unset."""
-        if key in self.choices:
-            return self.choices[key]
-        if self._config is None:
-            self._config = _read_config(self.path / "config.yaml")
-        node: Any = self._config
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                node = _MISSING
-                break
-            node = node[part]
-        if node is _MISSING:
-            raw = self.overrides.get(key)
-            return None if raw in (None, "null") else raw
-        return node
-
-
-_MISSING = object()
-
-
-def _read_config(path: Path) -> dict:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _overrides(items: list[str]) -> dict[str, str]:
-    pairs = (item.lstrip("+~").split("=", 1) for item in items if "=" in item)
-    return {key: value for key, value in pairs}
-
-
-def read_run(results: Path) -> Run:
-    try:
-        data = json.loads(results.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        return Run(results.parent, "unreadable", error=f"{type(e).__name__}: {e}")
-    metrics = {k: v for k, v in data.get("metrics", {}).items() if isinstance(v, (int, float))}
-    for entry in data.get("ptq") or []:
-        if "pair" in entry and isinstance(entry.get("acc"), (int, float)):
-            metrics.setdefault(f"ptq/acc_{entry['pair']}", entry["acc"])
-    return Run(
-        results.parent,
-        str(data.get("status", "unreadable")),
-        _overrides(data.get("overrides", [])),
-        metrics,
-        data.get("error"),
-        {k: str(v) for k, v in (data.get("choices") or {}).items()},
-    )
-
-
-def _missing_run(job: Path) -> Run:
-    """A job directory without results.json (killed before it wrote one): its overrides from .hydra."""
-    from omegaconf import OmegaConf
-
-    try:
-        listed = list(OmegaConf.load(job / ".hydra" / "overrides.yaml") or [])
-    except Exception:  # unreadable or not YAML: the job is still shown, without its overrides
-        listed = []
-    return Run(job, "missing", _overrides([str(item) for item in listed]))
-
-
-def find_runs(dirs: list[Path]) -> list[Run]:
-    """Every run under `dirs`: results.json files, and job directories (.hydra/) without one."""
-    runs: dict[Path, Run] = {}
-    for root in dirs:
-        if not root.is_dir():
-            raise ValueError(f"{root}: not a directory")
-        for results in sorted(root.rglob("results.json")):
-            runs.setdefault(results.parent.resolve(), read_run(results))
-        for hydra in sorted(root.rglob(".hydra")):
-            job = hydra.parent.resolve()
-            if job not in runs and (hydra / "overrides.yaml").is_file():
-                runs[job] = _missing_run(hydra.parent)
-    return list(runs.values())
-
-
-def varying_keys(runs: list[Run]) -> list[str]:
-    """Override keys whose value differs between runs (a key a run lacks counts as a value)."""
-    keys: list[str] = []
-    for run in runs:
-        keys += [k for k in run.overrides if k not in keys and not k.startswith(IGNORED_KEYS)]
-    return [k for k in keys if len({run.overrides.get(k) for run in runs}) > 1]
+from quantlab.engine.files import write_text_atomic
+from quantlab.report.paper import PaperTable, matches, row_of
+from quantlab.report.runs import IGNORED_KEYS, Run, varying_keys
 
 
 @dataclass
@@ -375,69 +253,9 @@ def print_table(table: Table) -> None:
 
 
 def write_outputs(table: Table, out_dir: Path, name: str) -> list[Path]:
-    from quantlab.results import write_text_atomic
-
     paths = []
     for suffix, render in ((".md", to_markdown), (".csv", to_csv), (".tex", to_latex)):
         path = out_dir / f"{name}{suffix}"
         write_text_atomic(path, render(table))
         paths.append(path)
     return paths
-
-
-# -- command line -----------------------------------------------------------------------------------------
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="quantlab table",
-        description="Aggregate the results.json of runs and multiruns into a table (mean ± std over seeds).",
-    )
-    parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun directories")
-    parser.add_argument("--rows", help="comma-separated override keys (default: every key that varies)")
-    parser.add_argument(
-        "--cols", default="metric", help="metric (one column per --metric), ptq (one per bit pair), or a key"
-    )
-    parser.add_argument(
-        "--metric", default="test/acc_exported", help="comma-separated metrics (default test/acc_exported)"
-    )
-    parser.add_argument(
-        "--out", type=Path, help="where to write <name>.md/.csv/.tex (default: the first dir)"
-    )
-    parser.add_argument("--name", default="table", help="file name stem of the written tables")
-    parser.add_argument(
-        "--paper",
-        metavar="NAME[:SETTING]",
-        help="lay the runs out as a paper table with its numbers beside ours (NAME:SETTING: compare "
-        "every run with that one column group, whatever its dataset and model)",
-    )
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        runs = find_runs(args.dirs)
-        if args.paper:
-            paper = load_paper(args.paper)
-            table, outside = build_paper_table(runs, paper)
-        else:
-            rows = [k for k in args.rows.split(",") if k] if args.rows else None
-            table = build_table(runs, rows, args.cols, [m for m in args.metric.split(",") if m])
-    except ValueError as e:
-        print(f"quantlab table: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    counts = defaultdict(int)
-    for run in runs:
-        counts[run.status] += 1
-    table.title = f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    if args.paper:
-        table.title = f"{paper.title} ({paper.source}) — ours / paper (ours − paper); {table.title}"
-        table.notes += outside_notes(outside, paper.metric)
-    print_table(table)
-    for path in write_outputs(table, args.out or args.dirs[0], args.name):
-        print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -67,7 +67,7 @@ class PaperTable:
 
 
 def paper_dir() -> Path:
-    return Path(str(resources.files("quantlab") / "papers"))
+    return Path(str(resources.files("quantlab.report") / "papers"))
 
 
 def available() -> list[str]:

@@ -1,28 +1,15 @@
-"""`quantlab plot`: PNG figures of runs and multiruns.
-
-    quantlab plot <dir> [<dir> ...]                  # both figures, beside the runs
-    quantlab plot <dir> --kind ptq --rows method     # accuracy against PTQ bit pair, one line per method
-    quantlab plot <dir> --kind curves                # validation accuracy and beta / lambda over steps
-
-`ptq.png`: test top-1 % of the float network and of every PTQ pair of the sweep, highest bits left,
-mean ± std over seeds, one line per group of runs (the overrides that vary, as in `quantlab table`).
-`curves.png`: from each run's metrics.jsonl, validation accuracy (of the exported network where the
-method exports something else) and the method's annealed hyperparameter (method/beta, method/lambda,
-...) against the optimizer step, one line per run, one colour per group.
-"""
+"""Figures of runs: accuracy against PTQ bit pair (`plot_ptq`, the `--cols ptq` table drawn) and
+validation accuracy with the annealed β or λ over training (`plot_curves`, from metrics.jsonl)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
-import tempfile
 from pathlib import Path
 
-from quantlab.table import Run, build_table, find_runs, varying_keys
+from quantlab.engine.files import atomic_write
+from quantlab.report.runs import Run, varying_keys
+from quantlab.report.tables import build_table
 
-KINDS = ("ptq", "curves")
 ANNEALED = ("method/beta", "method/lambda", "method/lambda_q", "method/lam")
 
 
@@ -37,15 +24,7 @@ def _figure():
 
 def save_png(fig, path: Path) -> None:
     """Render to a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
 
 
 def _label(keys: list[str], row: tuple[str, ...]) -> str:
@@ -134,48 +113,3 @@ def plot_curves(runs: list[Run], rows: list[str] | None, path: Path) -> Path:
     save_png(fig, path)
     plt.close(fig)
     return path
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="quantlab plot", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun directories")
-    parser.add_argument("--kind", help="comma-separated: ptq, curves (default: each the runs have data for)")
-    parser.add_argument("--rows", help="override keys naming the lines (default: those that vary)")
-    parser.add_argument("--metric", default="test/acc", help="the PTQ plot's float point (default test/acc)")
-    parser.add_argument("--out", type=Path, help="where to write the PNG files (default: the first dir)")
-    parser.add_argument("--name", default="", help="file name prefix (<name>ptq.png, <name>curves.png)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    kinds = [k for k in (args.kind or ",".join(KINDS)).split(",") if k]
-    out = args.out or args.dirs[0]
-    try:
-        if not kinds or any(k not in KINDS for k in kinds):
-            raise ValueError(f"--kind {args.kind!r}: choose from {', '.join(KINDS)}")
-        runs = find_runs(args.dirs)
-        rows = [k for k in args.rows.split(",") if k] if args.rows else None
-        skipped = []
-        for kind in kinds:
-            try:
-                if kind == "ptq":
-                    path = plot_ptq(runs, rows, args.metric, out / f"{args.name}ptq.png")
-                else:
-                    path = plot_curves(runs, rows, out / f"{args.name}curves.png")
-                print(f"wrote {path}")
-            except ValueError as e:
-                if args.kind:  # asked for by name: an error; by default: skipped, and said so
-                    raise
-                skipped.append(f"no {kind}.png: {e}")
-        if len(skipped) == len(kinds):
-            raise ValueError("nothing to plot: " + "; ".join(skipped))
-        for message in skipped:
-            print(f"quantlab plot: {message}", file=sys.stderr)
-    except ValueError as e:
-        print(f"quantlab plot: error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -18,8 +18,12 @@ import time
 
 import torch
 
-from quantlab.config import compose
-from quantlab.console import console
+from quantlab.data import make_loader
+from quantlab.engine.console import print_rows
+from quantlab.engine.evaluate import evaluate, resolve_device
+from quantlab.quant.sweep import PTQSettings
+from quantlab.quant.sweep import run_sweep as sweep
+from quantlab.runs.config import compose
 
 
 def _parse_pair(text: str) -> tuple[int, int | None]:
@@ -29,9 +33,6 @@ def _parse_pair(text: str) -> tuple[int, int | None]:
 
 def _setup(model: str, args: argparse.Namespace):
     from hydra.utils import instantiate
-
-    from quantlab.data import make_loader
-    from quantlab.trainer import resolve_device
 
     cfg = compose(
         [
@@ -68,10 +69,6 @@ def _timed(device: torch.device, fn, *args, **kwargs):
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from quantlab.quant.ptq import PTQSettings
-    from quantlab.quant.ptq import run_sweep as sweep
-    from quantlab.trainer import evaluate
-
     pairs = [_parse_pair(p) for p in args.pairs]
     k = len(pairs)
     settings = PTQSettings(act_range=args.act_range, calibration_batches=args.calibration_batches)
@@ -104,29 +101,17 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def print_rows(rows: list[dict], args: argparse.Namespace) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"quantlab bench ptq — {len(args.pairs)} pairs, act_range={args.act_range}")
-    for col in (
-        "model",
-        "device",
-        "float eval (s)",
-        "sweep / K evals",
-        "calibration / eval",
-        "ptq cmd / K evals",
-    ):
-        table.add_column(col, justify="left" if col in ("model", "device") else "right")
-    for r in rows:
-        table.add_row(
-            r["model"],
-            r["device"],
-            f"{r['float_eval_s']:.3f}",
-            f"{r['sweep_over_k_evals']:.2f}x",
-            f"{r['calibration_over_eval']:.2f}x",
-            f"{r['ptq_command_over_k_evals']:.2f}x",
-        )
-    console.print(table)
+def print_results(rows: list[dict], args: argparse.Namespace) -> None:
+    columns = {
+        "model": lambda r: r["model"],
+        "device": lambda r: r["device"],
+        "float eval (s)": lambda r: f"{r['float_eval_s']:.3f}",
+        "sweep / K evals": lambda r: f"{r['sweep_over_k_evals']:.2f}x",
+        "calibration / eval": lambda r: f"{r['calibration_over_eval']:.2f}x",
+        "ptq cmd / K evals": lambda r: f"{r['ptq_command_over_k_evals']:.2f}x",
+    }
+    title = f"quantlab bench ptq — {len(args.pairs)} pairs, act_range={args.act_range}"
+    print_rows(title, columns, rows, left=("model", "device"))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -155,4 +140,4 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    print_rows(run(args), args)
+    print_results(run(args), args)

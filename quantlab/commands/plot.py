@@ -1,0 +1,68 @@
+"""`quantlab plot`: PNG figures of runs and multiruns.
+
+    quantlab plot <dir> [<dir> ...]                  # both figures, beside the runs
+    quantlab plot <dir> --kind ptq --rows method     # accuracy against PTQ bit pair, one line per method
+    quantlab plot <dir> --kind curves                # validation accuracy and beta / lambda over steps
+
+`ptq.png`: test top-1 % of the float network and of every PTQ pair of the sweep, highest bits left,
+mean ± std over seeds, one line per group of runs (the overrides that vary, as in `quantlab table`).
+`curves.png`: from each run's metrics.jsonl, validation accuracy (of the exported network where the
+method exports something else) and the method's annealed hyperparameter (method/beta, method/lambda,
+...) against the optimizer step, one line per run, one colour per group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from quantlab.engine.console import fail
+from quantlab.report.plots import plot_curves, plot_ptq
+from quantlab.report.runs import find_runs
+
+KINDS = ("ptq", "curves")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="quantlab plot", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun directories")
+    parser.add_argument("--kind", help="comma-separated: ptq, curves (default: each the runs have data for)")
+    parser.add_argument("--rows", help="override keys naming the lines (default: those that vary)")
+    parser.add_argument("--metric", default="test/acc", help="the PTQ plot's float point (default test/acc)")
+    parser.add_argument("--out", type=Path, help="where to write the PNG files (default: the first dir)")
+    parser.add_argument("--name", default="", help="file name prefix (<name>ptq.png, <name>curves.png)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    kinds = [k for k in (args.kind or ",".join(KINDS)).split(",") if k]
+    out = args.out or args.dirs[0]
+    try:
+        if not kinds or any(k not in KINDS for k in kinds):
+            raise ValueError(f"--kind {args.kind!r}: choose from {', '.join(KINDS)}")
+        runs = find_runs(args.dirs)
+        rows = [k for k in args.rows.split(",") if k] if args.rows else None
+        skipped = []
+        for kind in kinds:
+            try:
+                if kind == "ptq":
+                    path = plot_ptq(runs, rows, args.metric, out / f"{args.name}ptq.png")
+                else:
+                    path = plot_curves(runs, rows, out / f"{args.name}curves.png")
+                print(f"wrote {path}")
+            except ValueError as e:
+                if args.kind:  # asked for by name: an error; by default: skipped, and said so
+                    raise
+                skipped.append(f"no {kind}.png: {e}")
+        if len(skipped) == len(kinds):
+            raise ValueError("nothing to plot: " + "; ".join(skipped))
+        for message in skipped:
+            print(f"quantlab plot: {message}", file=sys.stderr)
+    except ValueError as e:
+        fail("quantlab plot", e)
+
+
+if __name__ == "__main__":
+    main()

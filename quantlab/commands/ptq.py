@@ -1,0 +1,84 @@
+"""`quantlab ptq`: re-sweep post-training quantization on a finished run, into a new directory.
+
+    quantlab ptq run=outputs/train/<run> bitwidth.sweep=[[8,4],[6,4],[4,4]]
+    quantlab ptq -m run=<run> ptq.act_range=bn,minmax,percentile,mse
+
+The run is read, never written: its config.yaml rebuilds dataset, model and method, its
+checkpoints/best.pt (or last.pt with checkpoint=last) gives the network, and the method's export is
+swept (runs.sweep). The new directory holds results.json (`ptq`: one entry per pair, `reference`: the
+unquantized network), tb/ (`ptq/acc_w8a4`, ...), metrics.jsonl and ptq.log.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from quantlab.data import make_loader
+from quantlab.engine.checkpoint import seed_everything
+from quantlab.engine.console import console
+from quantlab.engine.evaluate import resolve_device
+from quantlab.engine.files import write_json_atomic
+from quantlab.errors import ConfigError, sweep_pairs
+from quantlab.quant.sweep import PTQSettings
+from quantlab.runs.build import build, load_exported
+from quantlab.runs.config import config_dir
+from quantlab.runs.guards import ptq_args
+from quantlab.runs.job import Job, launch, run_command
+from quantlab.runs.results import read_results, recorded
+from quantlab.runs.runlog import RunLog
+from quantlab.runs.summary import print_sweep
+from quantlab.runs.sweep import record_sweep, sweep_network
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The body of `quantlab ptq`; returns the results written to results.json."""
+    job = Job.current()
+    source, which = Path(str(cfg.run)).expanduser().resolve(), str(cfg.checkpoint)
+    results = job.new_results(source_run=str(source), checkpoint=which)
+    with recorded(job.results_path, results, job.started):
+        settings = PTQSettings.from_config(OmegaConf.to_container(cfg.ptq, resolve=True))
+        run_cfg = OmegaConf.load(source / "config.yaml")
+        sweep = cfg.bitwidth.sweep if cfg.bitwidth.get("sweep") is not None else run_cfg.bitwidth.get("sweep")
+        pairs = sweep_pairs(OmegaConf.to_container(sweep) if sweep is not None else None)
+        if not pairs:
+            raise ConfigError(
+                "bitwidth.sweep: empty (the run has none); give pairs, e.g. bitwidth.sweep=[[8,8],[4,4]]"
+            )
+        if (source / "results.json").is_file():
+            results["source_choices"] = read_results(source).get("choices", {})
+        device = resolve_device(str(cfg.device))
+        seed_everything(int(cfg.seed))
+        data = build(run_cfg.dataset)
+        network, method = load_exported(source, which, run_cfg, device)
+        eval_bs = cfg.get("eval_batch_size") or run_cfg.trainer.get("eval_batch_size")
+        eval_bs = int(eval_bs or 2 * int(run_cfg.schedule.batch_size))
+        test_loader = make_loader(data.test, eval_bs, train=False, device=device)
+        with RunLog(job.dir) as runlog:
+            result = sweep_network(network, pairs, settings, data, test_loader, method, int(cfg.seed))
+            swept = record_sweep(results, result, settings, pairs, runlog)
+        metrics = {**{f"reference/{k}": v for k, v in result.reference.items()}, **swept}
+        timing = {f"ptq_{k}": v for k, v in result.timing.items()}
+        results.update(status="completed", metrics=metrics, timing={"total_s": job.elapsed(), **timing})
+        write_json_atomic(job.results_path, results)
+    print_sweep(result, f"quantlab ptq — {source.name} ({which} checkpoint)")
+    console.print(f"results: {job.results_path}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="ptq")
+def hydra_app(cfg: DictConfig) -> float | None:
+    entries = run_command(run, cfg, "quantlab ptq")["ptq"]
+    return entries[-1]["acc"] if entries else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`quantlab ptq run=<dir> [overrides]`: the run directory guards, then the Hydra app."""
+    launch("ptq", ptq_args, hydra_app, argv)
+
+
+if __name__ == "__main__":
+    main()

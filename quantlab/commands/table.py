@@ -1,0 +1,83 @@
+"""`quantlab table`: the results.json of runs and multiruns, aggregated into one table.
+
+    quantlab table outputs/train/multirun/<date>            # rows: the overrides that vary
+    quantlab table <dir> --rows method --cols ptq          # columns: the PTQ bit pairs
+    quantlab table <dir> --rows method --cols method.strength --metric test/acc
+    quantlab table <dir> --paper md_t1                      # the paper's layout, its numbers beside ours
+
+Runs are found by their results.json (a run directory, or any directory below the given ones);
+a job directory with a `.hydra/` but no results.json is shown as "missing". Runs are grouped by
+the command-line overrides whose values differ between them (seed excepted: cells are mean ± std
+over seeds); failed, running and missing runs are counted in their cell, never dropped. The table
+is printed and written beside the runs as <name>.md, <name>.csv (one line per cell, raw numbers)
+and <name>.tex. With `--paper`, rows and columns are the paper table's (quantlab/paper.py) and each
+cell reads "ours / paper (ours − paper)".
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from quantlab.engine.console import fail
+from quantlab.report.paper import load_paper
+from quantlab.report.runs import find_runs
+from quantlab.report.tables import build_paper_table, build_table, outside_notes, print_table, write_outputs
+
+# -- command line -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="quantlab table",
+        description="Aggregate the results.json of runs and multiruns into a table (mean ± std over seeds).",
+    )
+    parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun directories")
+    parser.add_argument("--rows", help="comma-separated override keys (default: every key that varies)")
+    parser.add_argument(
+        "--cols", default="metric", help="metric (one column per --metric), ptq (one per bit pair), or a key"
+    )
+    parser.add_argument(
+        "--metric", default="test/acc_exported", help="comma-separated metrics (default test/acc_exported)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="where to write <name>.md/.csv/.tex (default: the first dir)"
+    )
+    parser.add_argument("--name", default="table", help="file name stem of the written tables")
+    parser.add_argument(
+        "--paper",
+        metavar="NAME[:SETTING]",
+        help="lay the runs out as a paper table with its numbers beside ours (NAME:SETTING: compare "
+        "every run with that one column group, whatever its dataset and model)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        runs = find_runs(args.dirs)
+        if args.paper:
+            paper = load_paper(args.paper)
+            table, outside = build_paper_table(runs, paper)
+        else:
+            rows = [k for k in args.rows.split(",") if k] if args.rows else None
+            table = build_table(runs, rows, args.cols, [m for m in args.metric.split(",") if m])
+    except ValueError as e:
+        fail("quantlab table", e)
+    counts = defaultdict(int)
+    for run in runs:
+        counts[run.status] += 1
+    table.title = f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    if args.paper:
+        table.title = f"{paper.title} ({paper.source}) — ours / paper (ours − paper); {table.title}"
+        table.notes += outside_notes(outside, paper.metric)
+    print_table(table)
+    for path in write_outputs(table, args.out or args.dirs[0], args.name):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""`quantlab train`: compose the config, build dataset / model / method, train, test, write results.
+
+After the test, the post-training quantization sweep of `bitwidth.sweep` (runs.sweep) runs on the
+exported network, for float-weight methods or when `ptq.enabled=true`.
+The run directory holds .hydra/ (the composed config), config.yaml (resolved), tb/,
+checkpoints/{last,best}.pt, exported.pt, metrics.jsonl, train.log and results.json (runs.results).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from quantlab.engine.checkpoint import seed_everything
+from quantlab.engine.files import write_json_atomic
+from quantlab.errors import sweep_pairs
+from quantlab.quant.sweep import PTQSettings
+from quantlab.runs.build import build, load_init
+from quantlab.runs.config import RESOLVED, config_dir, prepare_train_config, resume_config
+from quantlab.runs.guards import train_args
+from quantlab.runs.job import Job, launch, run_command
+from quantlab.runs.results import recorded
+from quantlab.runs.summary import print_summary, print_sweep
+from quantlab.runs.sweep import record_sweep, sweep_network, wants_sweep
+from quantlab.runs.training import record_report, training
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The body of `quantlab train`; returns the results written to results.json."""
+    job = Job.current()
+    resume = bool(cfg.get("resume"))
+    cfg, overrides = resume_config(cfg, job.dir, job.overrides) if resume else (cfg, job.overrides)
+    results = job.new_results(overrides, choices=job.choices)
+    with recorded(job.results_path, results, job.started):  # KeyboardInterrupt too: marked failed
+        cfg = prepare_train_config(cfg, job.choices, write_to=None if resume else job.dir / RESOLVED)
+        ptq_settings, pairs = PTQSettings.from_config(cfg.get("ptq")), sweep_pairs(cfg.bitwidth.get("sweep"))
+        seed_everything(int(cfg.seed))
+        data, model, method = build(cfg.dataset), build(cfg.model), build(cfg.method)
+        if cfg.get("init_from") and not resume:
+            load_init(model, str(cfg.init_from))
+        run_ptq, sweep = wants_sweep(ptq_settings, method.traits, pairs), None
+        with training(model, method, data, cfg, job.dir, resume) as (trainer, runlog):
+            trainer.fit()
+            test = trainer.test()
+            report = method.report(trainer.model)
+            metrics = {**test.metrics, **record_report(results, report, runlog, test.step, test.epoch)}
+            if run_ptq:
+                seed = int(cfg.seed)
+                sweep = sweep_network(
+                    test.exported, pairs, ptq_settings, data, test.loader, method, seed, test.reference
+                )
+                metrics.update(
+                    record_sweep(results, sweep, ptq_settings, pairs, runlog, test.step, test.epoch)
+                )
+            runlog.hparams(cfg, metrics)
+        timing = {**trainer.times(), "total_s": job.elapsed()}
+        if sweep is not None:
+            timing["ptq_s"] = sweep.timing["total_s"]
+        results.update(status="completed", metrics=metrics, timing=timing)
+        write_json_atomic(job.results_path, results)
+    print_summary(results, job.dir)
+    if sweep is not None:
+        print_sweep(sweep, "post-training quantization of the trained network")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def hydra_app(cfg: DictConfig) -> float | None:
+    return run_command(run, cfg, "quantlab train")["metrics"].get("test/acc_exported")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`quantlab train [overrides]`: the run directory guards, then the Hydra app."""
+    launch("train", train_args, hydra_app, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The engine below the commands: the training loop, evaluation, checkpoints, atomic files, console."""

@@ -1,0 +1,438 @@
+"""The training loop. It knows the method protocol (quantlab.methods.base) and no method by name.
+
+One step (`Trainer.train_step`): lr from the schedule → forward → cross-entropy + method.penalty
+terms → backward (optional AMP, gradient clipping) → optimizer step → method.on_step. The loop
+(`Trainer.fit`) logs running means every `log_every` steps, evaluates on validation every N epochs or
+steps (the best network is kept in checkpoints/best.pt) and writes checkpoints/last.pt. `test()`
+loads the best checkpoint and reports both the trained network (`test/acc`) and
+`method.export(model)` (`test/acc_exported`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from quantlab.data import DataBundle, EpochLoader, make_loader
+from quantlab.engine import checkpoint
+from quantlab.engine.console import interactive
+from quantlab.engine.evaluate import autocast, evaluate, gradient_norms, resolve_device, weight_gradient_norms
+from quantlab.engine.progress import Progress
+from quantlab.methods.base import Method
+from quantlab.schedules import Constant, Schedule
+
+log = logging.getLogger("quantlab")
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """What the trainer reads of a run's config (`trainer`, `schedule`, `seed`, `device`), typed once."""
+
+    schedule: DictConfig  # the schedule group: the method builds its optimizer from it
+    batch_size: int
+    epochs: int | None = None  # train for epochs, or (epochs None) for `iterations` steps
+    iterations: int | None = None
+    lr: Schedule = field(default_factory=lambda: Constant(1.0))  # a factor on the optimizer's lr
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    grad_clip: float | None = None
+    eval_every: int = 1
+    eval_unit: str = "epoch"  # epoch | step
+    select_by: str = "auto"  # auto: val/acc_exported when the method's export differs, else val/acc
+    log_every: int = 50
+    histogram_every: int = 0
+    grad_norms_every: int | None = None  # None: the method's default
+    checkpoint_every: int = 1
+    checkpoint_every_steps: int = 0
+    num_workers: int = 0
+    eval_batch_size: int | None = None  # None: 2 × batch_size
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> TrainerSettings:
+        t, s = cfg.trainer, cfg.schedule
+        norms_every = t.get("grad_norms_every")
+        return cls(
+            schedule=s,
+            batch_size=int(s.batch_size),
+            epochs=None if s.get("epochs") is None else int(s.epochs),
+            iterations=int(s.iterations) if s.get("iterations") else None,
+            lr=instantiate(s.lr) if s.get("lr") else Constant(1.0),
+            seed=int(cfg.seed),
+            device=str(cfg.device),
+            amp=bool(t.get("amp", False)),
+            grad_clip=float(t.grad_clip) if t.get("grad_clip") else None,
+            eval_every=int(t.eval_every),
+            eval_unit=str(t.eval_unit),
+            select_by=str(t.get("select_by", "auto")),
+            log_every=int(t.log_every),
+            histogram_every=int(t.get("histogram_every") or 0),
+            grad_norms_every=None if norms_every is None else int(norms_every),
+            checkpoint_every=int(t.get("checkpoint_every") or 1),
+            checkpoint_every_steps=int(t.get("checkpoint_every_steps") or 0),
+            num_workers=int(t.num_workers),
+            eval_batch_size=int(t.eval_batch_size) if t.get("eval_batch_size") else None,
+        )
+
+
+@dataclass
+class Clock:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch (0-based)
+    batch: int = 0  # batches done in the current epoch
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step hands the loop; tensors stay on the device (no host sync per step)."""
+
+    loss: Tensor
+    correct: Tensor
+    n: int
+    terms: dict[str, Tensor]
+    norms: dict[str, Tensor]
+    logged: dict[str, float]
+    lr: float
+
+
+@dataclass
+class Running:
+    """Sums over the steps since the last log point, turned into the logged means by `means()`."""
+
+    loss: Any = 0.0  # Σ loss · batch size
+    correct: Any = 0
+    n: int = 0
+    steps: int = 0
+    terms: dict[str, Any] = field(default_factory=dict)  # Σ of each penalty term
+    logged: dict[str, float] = field(default_factory=dict)  # on_step values: the latest (β, λ, ...)
+    lr: float = 0.0
+    norms: dict[str, Any] = field(default_factory=dict)  # Σ of each gradient norm, over norm_steps
+    norm_steps: int = 0
+
+    def add(self, out: StepResult) -> None:
+        self.loss = self.loss + out.loss * out.n
+        self.correct = self.correct + out.correct
+        self.n += out.n
+        self.steps += 1
+        for k, v in out.terms.items():
+            self.terms[k] = self.terms.get(k, 0.0) + v
+        self.logged.update(out.logged)
+        if out.norms:
+            for k, v in out.norms.items():
+                self.norms[k] = self.norms.get(k, 0.0) + v
+            self.norm_steps += 1
+        self.lr = out.lr
+
+    def means(self) -> dict[str, float]:
+        values = {
+            "train/loss": float(self.loss) / self.n,
+            "train/acc": 100.0 * float(self.correct) / self.n,
+            "lr": float(self.lr),
+        }
+        values.update({f"method/{k}": float(v) / self.steps for k, v in self.terms.items()})
+        values.update({f"method/{k}": float(v) for k, v in self.logged.items()})
+        values.update({f"train/grad_norm_{k}": float(v) / self.norm_steps for k, v in self.norms.items()})
+        return values
+
+    def state(self) -> dict[str, Any]:
+        """Plain numbers, for a checkpoint (a resumed run continues the same window)."""
+        state = asdict(self)
+        state.update(loss=float(self.loss), correct=int(self.correct))
+        state.update(terms={k: float(v) for k, v in self.terms.items()})
+        state.update(norms={k: float(v) for k, v in self.norms.items()})
+        return state
+
+
+@dataclass
+class TestResult:
+    """The final evaluation: metrics, the exported network, and what the PTQ sweep reuses."""
+
+    metrics: dict[str, float]
+    exported: nn.Module
+    loader: EpochLoader  # the test batches, in the order `reference` holds their logits
+    reference: list[tuple[Tensor, Tensor]] | None  # (logits, labels) of the exported network
+    step: int
+    epoch: int
+
+
+class Trainer:
+    """Drives one run: `fit()` trains with periodic evaluation and checkpoints, `test()` reports."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: Method,
+        data: DataBundle,
+        settings: TrainerSettings,
+        run_dir: Path,
+        runlog: Any | None = None,  # quantlab.runs.runlog.RunLog: scalars(values, step, epoch), histograms
+    ) -> None:
+        s = self.settings = settings
+        self.ckpt_dir = Path(run_dir) / "checkpoints"
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(s.device)
+        self.method, self.data, self.runlog = method, data, runlog
+
+        self.model = method.prepare(model.to(self.device))
+        self.opt = method.optimizer(self.model, s.schedule)
+        for group in self.opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+
+        eval_bs = s.eval_batch_size or 2 * s.batch_size
+        common = {"device": self.device, "num_workers": s.num_workers}
+        self.train_loader = make_loader(data.train, s.batch_size, train=True, seed=s.seed, **common)
+        self.val_loader = (
+            make_loader(data.val, eval_bs, train=False, **common) if data.val is not None else None
+        )
+        self.test_loader = make_loader(data.test, eval_bs, train=False, **common)
+
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError("the training split is empty")
+        if s.iterations:
+            self.total_steps = s.iterations
+            self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        else:
+            self.epochs = int(s.epochs or 0)
+            self.total_steps = self.epochs * self.steps_per_epoch
+
+        on_cuda = self.device.type == "cuda"
+        self.amp_dtype = (torch.float16 if on_cuda else torch.bfloat16) if s.amp else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=s.amp and on_cuda)
+        traits = method.traits
+        self.grad_norms_every = traits.grad_norms_every if s.grad_norms_every is None else s.grad_norms_every
+        auto = "val/acc_exported" if traits.exported_differs else "val/acc"
+        self.select_by = auto if s.select_by == "auto" else s.select_by
+
+        self.clock = Clock()
+        self.start_step = 0  # where this session started (a resumed run: the checkpoint's step)
+        self.running = Running()
+        self.last_eval_step: int | None = None
+        self.last_logged: dict[str, float] = {}
+        self.best: dict[str, Any] | None = None  # {"metric", "score", "step"}
+        self.timing = {"train_s": 0.0, "eval_s": 0.0}
+
+    # -- one optimizer step and the loop ----------------------------------------------------------------
+
+    def train_step(self, x: Tensor, y: Tensor) -> StepResult:
+        """lr → forward → loss + method penalty → backward → clip → optimizer step → method.on_step."""
+        lr_factor = self.settings.lr(self.clock.step, self.clock.epoch)
+        for group in self.opt.param_groups:
+            group["lr"] = group["initial_lr"] * lr_factor
+        with autocast(self.device, self.amp_dtype):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        norms = self.task_gradient_norms(loss) if self.norms_due() else {}
+        terms = self.method.penalty(self.model, loss, (x, y))
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss + sum(terms.values()) if terms else loss).backward()
+        if self.settings.grad_clip:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        logged = self.method.on_step(self.model, self.clock.step, self.clock.epoch)
+        correct = (logits.detach().argmax(1) == y).sum()
+        terms = {k: v.detach() for k, v in terms.items()}
+        return StepResult(
+            loss.detach(), correct, len(y), terms, norms, logged, self.opt.param_groups[0]["lr"]
+        )
+
+    def fit(self, until: int | None = None) -> None:
+        """Train until the step budget (or step `until`, a pause): log, evaluate, checkpoint when due."""
+        clock, s = self.clock, self.settings
+        stop = self.total_steps if until is None else min(until, self.total_steps)
+        progress = Progress(self.total_steps, clock.step) if interactive() else None
+        try:
+            while clock.step < stop:
+                started = time.perf_counter()
+                self.model.train()
+                for x, y in self.train_loader.iterate(clock.epoch, clock.batch):
+                    out = self.train_step(x, y)
+                    clock.step, clock.batch = clock.step + 1, clock.batch + 1
+                    self.running.add(out)
+                    if clock.step % s.log_every == 0:
+                        self.log_running()
+                    if progress is not None:
+                        progress.update(clock.step, clock.epoch, out.loss)
+                    if s.eval_unit == "step" and clock.step % s.eval_every == 0:
+                        self.validate()
+                    if s.checkpoint_every_steps and clock.step % s.checkpoint_every_steps == 0:
+                        self.save_last()
+                    if clock.step >= stop:
+                        break
+                self.timing["train_s"] += time.perf_counter() - started
+                self.log_running()
+                if clock.batch >= self.steps_per_epoch:  # else the step budget ended inside the epoch
+                    self.end_epoch(started)
+        finally:
+            if progress is not None:
+                progress.stop()
+        if clock.step == self.total_steps and self.last_eval_step != clock.step:  # budget ended between evals
+            self.validate()
+            self.save_last()
+
+    def end_epoch(self, started: float) -> None:
+        """Advance the clock; evaluate, draw histograms, checkpoint when due; one log line."""
+        clock, s = self.clock, self.settings
+        clock.epoch, clock.batch = clock.epoch + 1, 0
+        if s.eval_unit == "epoch" and (clock.epoch % s.eval_every == 0 or clock.epoch == self.epochs):
+            self.validate()
+        if self.runlog is not None and s.histogram_every and clock.epoch % s.histogram_every == 0:
+            self.runlog.histograms(self.model, clock.step)
+        if clock.epoch % s.checkpoint_every == 0:
+            self.save_last()
+        last = self.last_logged
+        parts = [f"epoch {clock.epoch}/{self.epochs}", f"step {clock.step}/{self.total_steps}"]
+        keys = ("train/loss", "train/acc", "val/acc", "val/acc_exported", "lr")
+        parts += [f"{key} {last[key]:.4g}" for key in keys if key in last]
+        log.info("  ".join([*parts, f"{time.perf_counter() - started:.1f}s"]))
+
+    def norms_due(self) -> bool:
+        return bool(self.grad_norms_every) and self.clock.step % self.grad_norms_every == 0
+
+    def task_gradient_norms(self, loss: Tensor) -> dict[str, Tensor]:
+        """ℓ1, ℓ2, ℓ∞ norms of ∇_W L (the task loss; W: every weight tensor of ≥ 2 dimensions)."""
+        weights = [p for p in self.model.parameters() if p.requires_grad and p.ndim > 1]
+        return weight_gradient_norms(loss, weights, retain_graph=True)
+
+    def log_running(self) -> None:
+        """Log the running means since the last log point, and start a new window."""
+        if self.running.steps:
+            self.log(self.running.means())
+            self.running = Running()
+
+    def log(self, values: dict[str, float]) -> None:
+        self.last_logged = {**self.last_logged, **values}
+        if self.runlog is not None:
+            self.runlog.scalars(values, self.clock.step, self.clock.epoch)
+
+    # -- validation, selection, checkpoints -----------------------------------------------------------
+
+    def validate(self) -> dict[str, float]:
+        """Evaluate on validation (and the exported network where it differs); keep the best."""
+        self.last_eval_step = self.clock.step
+        if self.val_loader is None:  # no validation split: the last network is the selected one
+            self.save_best({})
+            return {}
+        started = time.perf_counter()
+        values = self.evaluate_split("val", self.val_loader)
+        self.timing["eval_s"] += time.perf_counter() - started
+        self.log(values)
+        score = self.score(values)
+        if self.best is None or score > tuple(self.best["score"]):
+            self.best = {
+                "metric": float(values[self.select_by]),
+                "score": list(score),
+                "step": self.clock.step,
+            }
+            self.save_best(values)
+        return values
+
+    def score(self, values: dict[str, float]) -> tuple[float, float]:
+        """Higher is better: the selection metric (negated for a loss), ties broken by lower loss."""
+        if self.select_by not in values:
+            raise ValueError(f"trainer.select_by={self.select_by!r}: not among {sorted(values)}")
+        metric = values[self.select_by]
+        if "loss" in self.select_by:
+            return (-metric, 0.0)
+        return (metric, -values.get(self.select_by.replace("acc", "loss"), 0.0))
+
+    def evaluate_split(self, split: str, loader: EpochLoader) -> dict[str, float]:
+        top5 = self.data.top5
+        values = {f"{split}/{k}": v for k, v in evaluate(self.model, loader, top5, self.amp_dtype).items()}
+        if self.method.traits.exported_differs:
+            raw = evaluate(self.method.export(self.model), loader, top5, self.amp_dtype)
+            values.update({f"{split}/{k}_exported": v for k, v in raw.items()})
+        return values
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "method": self.method.state_dict(),
+            "clock": asdict(self.clock),
+            "last_eval_step": self.last_eval_step,
+            "best": self.best,
+            "window": self.running.state(),
+            "last_logged": self.last_logged,
+            "timing": self.timing,
+            "rng": checkpoint.rng_state(),
+        }
+
+    def save_last(self) -> None:
+        checkpoint.atomic_save(self.state(), self.ckpt_dir / "last.pt")
+
+    def save_best(self, values: dict[str, float]) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "step": self.clock.step,
+            "epoch": self.clock.epoch,
+            "metrics": values,
+        }
+        checkpoint.atomic_save(state, self.ckpt_dir / "best.pt")
+
+    def load(self, path: Path) -> None:
+        """Continue from a last.pt file."""
+        self.load_state(checkpoint.load(path, self.device))
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from a last.pt state: model, optimizer, method state, clock, RNG, logging window."""
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.method.load_state_dict(state["method"])
+        self.clock = Clock(**state["clock"])
+        self.start_step = self.clock.step
+        self.best = state["best"]
+        self.last_eval_step = state["last_eval_step"]
+        self.running = Running(**state["window"])
+        self.last_logged = state["last_logged"]
+        self.timing = state["timing"]
+        checkpoint.set_rng_state(state["rng"])
+
+    # -- final evaluation -----------------------------------------------------------------------------
+
+    def test(self) -> TestResult:
+        """Load the best checkpoint, evaluate it and its export on the test set; save exported.pt."""
+        best_path = self.ckpt_dir / "best.pt"
+        best_values: dict[str, float] = {}
+        if best_path.exists():
+            best = checkpoint.load(best_path, self.device)
+            self.model.load_state_dict(best["model"])
+            self.method.load_state_dict(best["method"])
+            best_values = {**best["metrics"], "best/step": best["step"]}
+        started = time.perf_counter()
+        top5, loader = self.data.top5, self.test_loader
+        metrics = {f"test/{k}": v for k, v in evaluate(self.model, loader, top5, self.amp_dtype).items()}
+        exported = self.method.export(self.model)
+        # The exported network's logits are the PTQ sweep's float reference (not under autocast).
+        reference: list[tuple[Tensor, Tensor]] | None = [] if self.amp_dtype is None else None
+        raw = evaluate(exported, loader, top5, self.amp_dtype, reference)
+        metrics.update({f"test/{k}_exported": v for k, v in raw.items()})
+        if self.grad_norms_every:  # Fig. 2 of the gradient-L1 paper: norms over the test batches
+            norms = gradient_norms(exported, loader)
+            metrics.update({f"test/grad_norm_{k}": v for k, v in norms.items()})
+        self.timing["test_s"] = time.perf_counter() - started
+        checkpoint.atomic_save({"model": exported.state_dict()}, self.run_dir / "exported.pt")
+        final_train = {k: v for k, v in self.last_logged.items() if k.startswith(("train/", "method/"))}
+        metrics = {**final_train, **best_values, **metrics}
+        return TestResult(metrics, exported, loader, reference, self.clock.step, self.clock.epoch)
+
+    def times(self) -> dict[str, float]:
+        """train_s, eval_s, test_s (seconds), steps, and step_ms over this session's steps."""
+        steps = self.clock.step
+        step_ms = 1000.0 * self.timing["train_s"] / max(steps - self.start_step, 1)
+        return {**self.timing, "steps": steps, "step_ms": step_ms}
