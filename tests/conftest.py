@@ -50,29 +50,28 @@ def results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
-def train_in_process(run_dir: Path, overrides: list[str]):
-    """Compose the train config with `overrides`, fit a Trainer in-process (seed 0) writing into
-    run_dir; return the trainer and the metrics.jsonl lines."""
+def make_trainer(overrides: list[str], run_dir: Path, runlog=None):
+    """A Trainer for the train config composed with `overrides` (built with seed 0), writing into run_dir."""
     import torch
     from hydra.utils import instantiate
 
     from quantlab.engine.trainer import Trainer, TrainerSettings
     from quantlab.runs.config import compose
-    from quantlab.runs.runlog import RunLog
 
     cfg = compose(overrides)
     torch.manual_seed(0)
-    runlog = RunLog(run_dir)
-    trainer = Trainer(
-        instantiate(cfg.model),
-        instantiate(cfg.method),
-        instantiate(cfg.dataset),
-        TrainerSettings.from_config(cfg),
-        run_dir,
-        runlog,
-    )
-    trainer.fit()
-    runlog.close()
+    model, method, data = instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset)
+    return Trainer(model, method, data, TrainerSettings.from_config(cfg), run_dir, runlog)
+
+
+def train_in_process(run_dir: Path, overrides: list[str]):
+    """Compose the train config with `overrides`, fit a Trainer in-process (seed 0) writing into
+    run_dir; return the trainer and the metrics.jsonl lines."""
+    from quantlab.runs.runlog import RunLog
+
+    with RunLog(run_dir) as runlog:
+        trainer = make_trainer(overrides, run_dir, runlog)
+        trainer.fit()
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return trainer, lines
 

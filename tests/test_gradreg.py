@@ -11,6 +11,7 @@ from quantlab.errors import ConfigError
 from quantlab.methods.gradreg import DefensiveQuantization, GradL1, GradL2, orthogonality_gap
 from quantlab.methods.ste import STE, ste_activation
 from quantlab.schedules import Constant
+from tests.conftest import make_trainer
 
 
 def _tiny(dtype=torch.float64, bn: bool = True, seed: int = 0) -> nn.Sequential:
@@ -230,20 +231,7 @@ def test_trains_and_logs_penalty_and_gradient_norms(tmp_path, overrides):
 
 
 def test_logged_gradient_norms_are_those_of_the_task_loss(tmp_path):
-    from hydra.utils import instantiate
-
-    from quantlab.engine.trainer import Trainer, TrainerSettings
-    from quantlab.runs.config import compose
-
-    cfg = compose(["trainer.grad_norms_every=1"])
-    torch.manual_seed(0)
-    trainer = Trainer(
-        instantiate(cfg.model),
-        instantiate(cfg.method),
-        instantiate(cfg.dataset),
-        TrainerSettings.from_config(cfg),
-        tmp_path,
-    )
+    trainer = make_trainer(["trainer.grad_norms_every=1"], tmp_path)
     x, y = next(iter(trainer.train_loader))
     loss = F.cross_entropy(trainer.model(x), y)
     norms = trainer.task_gradient_norms(loss)

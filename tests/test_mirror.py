@@ -10,7 +10,6 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from quantlab.engine.trainer import Trainer, TrainerSettings
 from quantlab.errors import ConfigError
 from quantlab.methods.mirror import MirrorAdam, md_softmax_update, md_tanh_update
 from quantlab.methods.proxquant import prox_adaptive, prox_binary, prox_nearest, ternarize_adaptive
@@ -18,7 +17,7 @@ from quantlab.methods.weights import BINARY, TERNARY, WeightQuantizer
 from quantlab.quant import projections as P
 from quantlab.runs.config import compose, group_options
 from quantlab.runs.runlog import RunLog
-from tests.conftest import REPO
+from tests.conftest import REPO, make_trainer
 
 LEVELS = {"binary": BINARY, "ternary": TERNARY}
 
@@ -267,25 +266,16 @@ def test_adaptive_ternarization():
 
 
 def _trained(method_name: str, bitwidth: str, tmp_path, *extra: str, steps: int = 6):
-    cfg = compose(
-        [
-            f"method={method_name}",
-            f"bitwidth={bitwidth}",
-            "schedule=md_cifar",
-            "schedule.batch_size=32",
-            f"schedule.iterations={steps}",
-            "schedule.beta.interval=2",
-            *extra,
-        ]
-    )
-    torch.manual_seed(0)
-    trainer = Trainer(
-        instantiate(cfg.model),
-        instantiate(cfg.method),
-        instantiate(cfg.dataset),
-        TrainerSettings.from_config(cfg),
-        tmp_path,
-    )
+    overrides = [
+        f"method={method_name}",
+        f"bitwidth={bitwidth}",
+        "schedule=md_cifar",
+        "schedule.batch_size=32",
+        f"schedule.iterations={steps}",
+        "schedule.beta.interval=2",
+        *extra,
+    ]
+    trainer = make_trainer(overrides, tmp_path)
     for x, y in trainer.train_loader.iterate(0):
         trainer.train_step(x, y)
         trainer.clock.step += 1
@@ -362,18 +352,9 @@ def test_beta_schedule_logged_and_exact_across_resume(tmp_path):
         "schedule.beta.interval=3",
         "schedule.beta.scale=1.5",
     ]
-    cfg = compose(overrides)
 
     def make(run_dir, resume_step=None):
-        torch.manual_seed(0)
-        return Trainer(
-            instantiate(cfg.model),
-            instantiate(cfg.method),
-            instantiate(cfg.dataset),
-            TrainerSettings.from_config(cfg),
-            run_dir,
-            RunLog(run_dir, resume_step),
-        )
+        return make_trainer(overrides, run_dir, RunLog(run_dir, resume_step))
 
     full = make(tmp_path / "full")
     full.fit()

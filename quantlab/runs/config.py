@@ -21,7 +21,7 @@ def config_dir() -> str:
     """
     if importlib.util.find_spec("quantlab.conf") is not None:
         return "pkg://quantlab.conf"
-    checkout_conf = Path(__file__).resolve().parent.parent / "conf"
+    checkout_conf = Path(__file__).resolve().parents[2] / "conf"  # quantlab/runs/config.py -> conf/
     if not checkout_conf.is_dir():
         raise QuantlabError(
             f"quantlab's configs are missing: expected {checkout_conf} or the package quantlab.conf"
