@@ -16,9 +16,44 @@ Pair = tuple[int, "int | None"]
 class QuantlabError(Exception):
     """An error the user can fix; printed as one line, without a traceback."""
 
+    #: the command's exit status: 2 for bad input (the default), 1 for a run that failed, 128 + N
+    #: for a run stopped by signal N
+    exit_code: int = 2
+    #: what results.json records when this error ends a run
+    status: str = "failed"
+
 
 class ConfigError(QuantlabError):
     """A config value outside what is allowed; the message names the field."""
+
+
+class RunFailed(QuantlabError):
+    """A run that cannot go on (it diverged, a write failed); results.json says `failed`."""
+
+    exit_code = 1
+
+
+class Diverged(RunFailed):
+    """The loss or the weights became non-finite."""
+
+
+class WriteFailed(RunFailed):
+    """A file could not be written (disk full, quota, file too large, read-only); names the file."""
+
+
+class CheckpointError(QuantlabError):
+    """A checkpoint that cannot be read (truncated, corrupt, or not quantlab's); names the file."""
+
+
+class Interrupted(QuantlabError):
+    """A run stopped by SIGINT or SIGTERM at a step boundary, its last.pt written; results.json says
+    `interrupted` and the message gives the exact command that continues it."""
+
+    status = "interrupted"
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 def check_bits(value: Any, field: str, low: int = 1, high: int = 32, allow_none: bool = False) -> None:

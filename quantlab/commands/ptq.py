@@ -21,13 +21,13 @@ from quantlab.data import make_loader
 from quantlab.engine.checkpoint import seed_everything
 from quantlab.engine.console import console
 from quantlab.engine.evaluate import resolve_device
-from quantlab.engine.files import write_json_atomic
 from quantlab.errors import ConfigError, sweep_pairs
 from quantlab.quant.sweep import PTQSettings
 from quantlab.runs.build import build, load_exported
 from quantlab.runs.config import config_dir
 from quantlab.runs.guards import ptq_args
 from quantlab.runs.job import Job, launch, run_command
+from quantlab.runs.lock import locked
 from quantlab.runs.results import read_results, recorded
 from quantlab.runs.runlog import RunLog
 from quantlab.runs.summary import print_sweep
@@ -38,8 +38,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """The body of `quantlab ptq`; returns the results written to results.json."""
     job = Job.current()
     source, which = Path(str(cfg.run)).expanduser().resolve(), str(cfg.checkpoint)
-    results = job.new_results(source_run=str(source), checkpoint=which)
-    with recorded(job.results_path, results, job.started):
+    source_results = read_results(source)
+    results = job.new_results(
+        source_run=str(source),
+        checkpoint=which,
+        source_status=source_results.get("status", "unknown"),
+        source_choices=source_results.get("choices", {}),
+    )
+    with locked(job.dir), recorded(job.results_path, results, job.started):
         settings = PTQSettings.from_config(OmegaConf.to_container(cfg.ptq, resolve=True))
         run_cfg = OmegaConf.load(source / "config.yaml")
         sweep = cfg.bitwidth.sweep if cfg.bitwidth.get("sweep") is not None else run_cfg.bitwidth.get("sweep")
@@ -48,12 +54,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(
                 "bitwidth.sweep: empty (the run has none); give pairs, e.g. bitwidth.sweep=[[8,8],[4,4]]"
             )
-        if (source / "results.json").is_file():
-            results["source_choices"] = read_results(source).get("choices", {})
         device = resolve_device(str(cfg.device))
         seed_everything(int(cfg.seed))
         data = build(run_cfg.dataset)
-        network, method = load_exported(source, which, run_cfg, device)
+        network, method, step = load_exported(source, which, run_cfg, device)
+        results["source_step"] = step
         eval_bs = cfg.get("eval_batch_size") or run_cfg.trainer.get("eval_batch_size")
         eval_bs = int(eval_bs or 2 * int(run_cfg.schedule.batch_size))
         test_loader = make_loader(data.test, eval_bs, train=False, device=device)
@@ -63,8 +68,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics = {**{f"reference/{k}": v for k, v in result.reference.items()}, **swept}
         timing = {f"ptq_{k}": v for k, v in result.timing.items()}
         results.update(status="completed", metrics=metrics, timing={"total_s": job.elapsed(), **timing})
-        write_json_atomic(job.results_path, results)
-    print_sweep(result, f"quantlab ptq — {source.name} ({which} checkpoint)")
+    print_sweep(result, f"quantlab ptq — {source.name} ({which} checkpoint, step {step})")
     console.print(f"results: {job.results_path}")
     return results
 

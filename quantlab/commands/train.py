@@ -8,62 +8,86 @@ checkpoints/{last,best}.pt, exported.pt, metrics.jsonl, train.log and results.js
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
 from quantlab.engine.checkpoint import seed_everything
-from quantlab.engine.files import write_json_atomic
-from quantlab.errors import sweep_pairs
+from quantlab.errors import Interrupted, sweep_pairs
 from quantlab.quant.sweep import PTQSettings
 from quantlab.runs.build import build, load_init
 from quantlab.runs.config import RESOLVED, config_dir, prepare_train_config, resume_config
 from quantlab.runs.guards import train_args
 from quantlab.runs.job import Job, launch, run_command
-from quantlab.runs.results import recorded
+from quantlab.runs.lock import locked
+from quantlab.runs.results import continued, read_results, recorded
 from quantlab.runs.summary import print_summary, print_sweep
 from quantlab.runs.sweep import record_sweep, sweep_network, wants_sweep
-from quantlab.runs.training import record_report, training
+from quantlab.runs.training import record_report, resume_hint, start_mode, training
+
+log = logging.getLogger("quantlab")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The body of `quantlab train`; returns the results written to results.json."""
     job = Job.current()
-    resume = bool(cfg.get("resume"))
-    cfg, overrides = resume_config(cfg, job.dir, job.overrides) if resume else (cfg, job.overrides)
-    results = job.new_results(overrides, choices=job.choices)
-    with recorded(job.results_path, results, job.started):  # KeyboardInterrupt too: marked failed
-        cfg = prepare_train_config(cfg, job.choices, write_to=None if resume else job.dir / RESOLVED)
-        ptq_settings, pairs = PTQSettings.from_config(cfg.get("ptq")), sweep_pairs(cfg.bitwidth.get("sweep"))
-        seed_everything(int(cfg.seed))
-        data, model, method = build(cfg.dataset), build(cfg.model), build(cfg.method)
-        if cfg.get("init_from") and not resume:
-            load_init(model, str(cfg.init_from))
-        run_ptq, sweep = wants_sweep(ptq_settings, method.traits, pairs), None
-        with training(model, method, data, cfg, job.dir, resume) as (trainer, runlog):
-            trainer.fit()
-            test = trainer.test()
-            report = method.report(trainer.model)
-            metrics = {**test.metrics, **record_report(results, report, runlog, test.step, test.epoch)}
-            if run_ptq:
-                seed = int(cfg.seed)
-                sweep = sweep_network(
-                    test.exported, pairs, ptq_settings, data, test.loader, method, seed, test.reference
-                )
-                metrics.update(
-                    record_sweep(results, sweep, ptq_settings, pairs, runlog, test.step, test.epoch)
-                )
-            runlog.hparams(cfg, metrics)
-        timing = {**trainer.times(), "total_s": job.elapsed()}
-        if sweep is not None:
-            timing["ptq_s"] = sweep.timing["total_s"]
-        results.update(status="completed", metrics=metrics, timing=timing)
-        write_json_atomic(job.results_path, results)
+    with locked(job.dir):
+        mode = start_mode(cfg.get("resume"), job.dir)
+        if mode == "done":  # a sweep resume passing a job that completed
+            log.info(f"{job.dir}: completed already; skipped")
+            return read_results(job.dir)
+        resume = mode == "resume"
+        cfg, overrides = resume_config(cfg, job.dir, job.overrides) if resume else (cfg, job.overrides)
+        fresh = job.new_results(overrides, choices=job.choices)
+        results = continued(read_results(job.dir) or fresh) if resume else fresh
+        with recorded(job.results_path, results, job.started), hinted(job, overrides):
+            return train(cfg, job, results, resume)
+
+
+def train(cfg: DictConfig, job: Job, results: dict[str, Any], resume: bool) -> dict[str, Any]:
+    """Build, train, test, sweep; fill `results` (written by the caller)."""
+    cfg = prepare_train_config(cfg, job.choices, write_to=None if resume else job.dir / RESOLVED)
+    ptq_settings, pairs = PTQSettings.from_config(cfg.get("ptq")), sweep_pairs(cfg.bitwidth.get("sweep"))
+    seed_everything(int(cfg.seed))
+    data, model, method = build(cfg.dataset), build(cfg.model), build(cfg.method)
+    if cfg.get("init_from") and not resume:
+        load_init(model, str(cfg.init_from))
+    run_ptq, sweep = wants_sweep(ptq_settings, method.traits, pairs), None
+    with training(model, method, data, cfg, job.dir, resume, job.started) as (trainer, runlog):
+        trainer.fit()
+        test = trainer.test()
+        report = method.report(trainer.model)
+        metrics = {**test.metrics, **record_report(results, report, runlog, test.step, test.epoch)}
+        if run_ptq:
+            seed = int(cfg.seed)
+            sweep = sweep_network(
+                test.exported, pairs, ptq_settings, data, test.loader, method, seed, test.reference
+            )
+            metrics.update(record_sweep(results, sweep, ptq_settings, pairs, runlog, test.step, test.epoch))
+        runlog.hparams(cfg, metrics)
+    timing = {**trainer.times(), "total_s": trainer.wall_s()}
+    if sweep is not None:
+        timing["ptq_s"] = sweep.timing["total_s"]
+    results.update(status="completed", metrics=metrics, timing=timing)
     print_summary(results, job.dir)
     if sweep is not None:
         print_sweep(sweep, "post-training quantization of the trained network")
     return results
+
+
+@contextlib.contextmanager
+def hinted(job: Job, overrides: list[str]) -> Iterator[None]:
+    """An interruption's one line ends with the exact command that continues the run."""
+    try:
+        yield
+    except Interrupted as e:
+        raise Interrupted(
+            f"{e}; {resume_hint(job.dir, job.multirun, overrides)}", e.exit_code - 128
+        ) from None
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")

@@ -36,16 +36,12 @@ def rich_handler(level: int | str = logging.NOTSET) -> logging.Handler:
     return handler
 
 
-def error_line(prefix: str, message: object) -> None:
-    """A user-fixable error: one plain line on stderr, never wrapped."""
+def fail(prefix: str, message: object, code: int = 2, label: str = "error") -> NoReturn:
+    """The one exit path for an error a user can act on: one line on stderr, then exit `code`
+    (2: bad input; 1: a run that failed; 130 / 143: a run stopped by SIGINT / SIGTERM)."""
     text = " ".join(str(message).split())
-    print(f"{prefix}: error: {text}", file=sys.stderr, flush=True)
-
-
-def fail(prefix: str, message: object) -> NoReturn:
-    """The one exit path for a user-fixable error: one line on stderr, exit code 2."""
-    error_line(prefix, message)
-    sys.exit(2)
+    print(f"{prefix}: {label}: {text}", file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def print_rows(

@@ -9,15 +9,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantlab.data import EpochLoader
+from quantlab.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto`: CUDA where there is one, else the CPU; a named device must exist."""
+    """`auto`: CUDA where there is one, else the CPU; a named device must exist (ConfigError)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name}: CUDA is not available on this machine; use device=cpu or auto")
+        raise ConfigError(f"device={name}: CUDA is not available on this machine; use device=cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name}: MPS is not available on this machine; use device=cpu or auto")
     return device
 
 

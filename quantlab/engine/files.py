@@ -11,21 +11,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from quantlab.errors import WriteFailed
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call `write(f)` on a temporary binary file beside `path`, fsync it, then rename it to `path`."""
+    """Call `write(f)` on a temporary binary file beside `path`, fsync it, then rename it to `path`.
+    Whatever fails, `path` keeps its previous content; an OSError (disk full, quota, file too large,
+    read-only) becomes a WriteFailed that names the file and the cause."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would create it (mkstemp's is private: 0600)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as e:
+        raise WriteFailed(f"{path}: cannot write it: {e.strerror or e}") from e
+    finally:
+        if tmp is not None and Path(tmp).exists():
+            Path(tmp).unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

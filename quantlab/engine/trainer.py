@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from quantlab.engine import checkpoint
 from quantlab.engine.console import interactive
 from quantlab.engine.evaluate import autocast, evaluate, gradient_norms, resolve_device, weight_gradient_norms
 from quantlab.engine.progress import Progress
+from quantlab.errors import Diverged, Interrupted
 from quantlab.methods.base import Method
 from quantlab.schedules import Constant, Schedule
 
@@ -215,12 +217,17 @@ class Trainer:
         self.select_by = auto if s.select_by == "auto" else s.select_by
 
         self.clock = Clock()
-        self.start_step = 0  # where this session started (a resumed run: the checkpoint's step)
         self.running = Running()
         self.last_eval_step: int | None = None
+        self.last_saved_step: int | None = None  # the step of checkpoints/last.pt
         self.last_logged: dict[str, float] = {}
         self.best: dict[str, Any] | None = None  # {"metric", "score", "step"}
         self.timing = {"train_s": 0.0, "eval_s": 0.0}
+        self.session_started = time.perf_counter()
+        self.wall_before = 0.0  # wall time of earlier sessions, up to the checkpoint this one resumed
+        #: a signal number, set (e.g. by a SIGTERM handler) to stop at the next step boundary
+        self.stop_requested: int | None = None
+        self.fitting = False  # inside fit(): a stop request is honoured at the next step boundary
 
     # -- one optimizer step and the loop ----------------------------------------------------------------
 
@@ -253,6 +260,7 @@ class Trainer:
         clock, s = self.clock, self.settings
         stop = self.total_steps if until is None else min(until, self.total_steps)
         progress = Progress(self.total_steps, clock.step) if interactive() else None
+        self.fitting = True
         try:
             while clock.step < stop:
                 started = time.perf_counter()
@@ -269,6 +277,8 @@ class Trainer:
                         self.validate()
                     if s.checkpoint_every_steps and clock.step % s.checkpoint_every_steps == 0:
                         self.save_last()
+                    if self.stop_requested is not None:
+                        self.stop(started)
                     if clock.step >= stop:
                         break
                 self.timing["train_s"] += time.perf_counter() - started
@@ -276,11 +286,26 @@ class Trainer:
                 if clock.batch >= self.steps_per_epoch:  # else the step budget ended inside the epoch
                     self.end_epoch(started)
         finally:
+            self.fitting = False
             if progress is not None:
                 progress.stop()
+        if self.stop_requested is not None:  # asked between the last step and here
+            self.stop(time.perf_counter())
         if clock.step == self.total_steps and self.last_eval_step != clock.step:  # budget ended between evals
             self.validate()
             self.save_last()
+
+    def stop(self, started: float) -> None:
+        """Stop at this step boundary (a signal asked): checkpoint what is done (the running window
+        too, so that a resume logs exactly what an uninterrupted run logs), then raise."""
+        self.timing["train_s"] += time.perf_counter() - started
+        self.save_last()
+        signum, clock = int(self.stop_requested or 0), self.clock
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        raise Interrupted(f"stopped by {name} at step {clock.step} (epoch {clock.epoch + 1})", signum)
 
     def end_epoch(self, started: float) -> None:
         """Advance the clock; evaluate, draw histograms, checkpoint when due; one log line."""
@@ -307,10 +332,34 @@ class Trainer:
         return weight_gradient_norms(loss, weights, retain_graph=True)
 
     def log_running(self) -> None:
-        """Log the running means since the last log point, and start a new window."""
+        """Log the running means since the last log point, and start a new window. A non-finite
+        loss or penalty stops the run here: the means are read on the host at log points only."""
         if self.running.steps:
-            self.log(self.running.means())
+            values = self.running.means()
+            for key in ("train/loss", *sorted(k for k in values if k.startswith("method/"))):
+                if key in values and not math.isfinite(values[key]):
+                    self.diverged(f"{key} became {values[key]}")
+            self.log(values)
             self.running = Running()
+
+    def diverged(self, what: str) -> NoReturn:
+        clock = self.clock
+        kept = (
+            f"the last finite checkpoint is kept (checkpoints/last.pt, step {self.last_saved_step})"
+            if self.last_saved_step is not None
+            else "no checkpoint had been written yet"
+        )
+        raise Diverged(
+            f"{what} at step {clock.step} (epoch {clock.epoch + 1}); {kept}; "
+            "try a lower learning rate (schedule.optimizer.lr) or trainer.grad_clip"
+        )
+
+    def check_finite_weights(self) -> None:
+        """One host sync: every parameter and buffer finite, or the run stops (before a checkpoint
+        with non-finite weights could replace a finite one)."""
+        tensors = [t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
+        if tensors and not bool(torch.stack([t.detach().isfinite().all() for t in tensors]).all()):
+            self.diverged("the weights became non-finite")
 
     def log(self, values: dict[str, float]) -> None:
         self.last_logged = {**self.last_logged, **values}
@@ -367,14 +416,18 @@ class Trainer:
             "best": self.best,
             "window": self.running.state(),
             "last_logged": self.last_logged,
-            "timing": self.timing,
+            "timing": {**self.timing, "wall_s": self.wall_s()},
+            "log_position": self.runlog.position() if self.runlog is not None else None,
             "rng": checkpoint.rng_state(),
         }
 
     def save_last(self) -> None:
+        self.check_finite_weights()
         checkpoint.atomic_save(self.state(), self.ckpt_dir / "last.pt")
+        self.last_saved_step = self.clock.step
 
     def save_best(self, values: dict[str, float]) -> None:
+        self.check_finite_weights()
         state = {
             "model": self.model.state_dict(),
             "method": self.method.state_dict(),
@@ -395,12 +448,14 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.method.load_state_dict(state["method"])
         self.clock = Clock(**state["clock"])
-        self.start_step = self.clock.step
+        self.last_saved_step = self.clock.step
         self.best = state["best"]
         self.last_eval_step = state["last_eval_step"]
         self.running = Running(**state["window"])
         self.last_logged = state["last_logged"]
-        self.timing = state["timing"]
+        self.timing = {k: v for k, v in state["timing"].items() if k != "wall_s"}
+        self.wall_before = float(state["timing"].get("wall_s", 0.0))
+        self.session_started = time.perf_counter()
         checkpoint.set_rng_state(state["rng"])
 
     # -- final evaluation -----------------------------------------------------------------------------
@@ -431,8 +486,11 @@ class Trainer:
         metrics = {**final_train, **best_values, **metrics}
         return TestResult(metrics, exported, loader, reference, self.clock.step, self.clock.epoch)
 
+    def wall_s(self) -> float:
+        """Wall time of the run so far: earlier sessions up to their last checkpoint, plus this one."""
+        return self.wall_before + time.perf_counter() - self.session_started
+
     def times(self) -> dict[str, float]:
-        """train_s, eval_s, test_s (seconds), steps, and step_ms over this session's steps."""
+        """train_s, eval_s, test_s (seconds, summed over sessions), steps, and step_ms = train_s / steps."""
         steps = self.clock.step
-        step_ms = 1000.0 * self.timing["train_s"] / max(steps - self.start_step, 1)
-        return {**self.timing, "steps": steps, "step_ms": step_ms}
+        return {**self.timing, "steps": steps, "step_ms": 1000.0 * self.timing["train_s"] / max(steps, 1)}

@@ -64,22 +64,40 @@ def _overrides(items: list[str]) -> dict[str, str]:
     return {key: value for key, value in pairs}
 
 
+def malformed(data: Any) -> str | None:
+    """What makes a parsed results.json unusable, or None when it is a well-formed object."""
+    if not isinstance(data, dict):
+        return f"not a JSON object (a {type(data).__name__})"
+    kinds = {"metrics": dict, "ptq": list, "overrides": list, "choices": dict, "status": str}
+    for key, kind in kinds.items():
+        if key in data and not isinstance(data[key], kind):
+            return f"{key} is not a {kind.__name__} ({data[key]!r:.40})"
+    if not all(isinstance(o, str) for o in data.get("overrides", [])):
+        return "overrides holds something other than strings"
+    return None
+
+
 def read_run(results: Path) -> Run:
+    """One run from its results.json; a file that is not a well-formed results object counts as an
+    unreadable run (shown, never dropped, never averaged)."""
     try:
         data = json.loads(results.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:
         return Run(results.parent, "unreadable", error=f"{type(e).__name__}: {e}")
+    problem = malformed(data)
+    if problem:
+        return Run(results.parent, "unreadable", error=f"{results}: {problem}")
     metrics = {k: v for k, v in data.get("metrics", {}).items() if isinstance(v, (int, float))}
-    for entry in data.get("ptq") or []:
-        if "pair" in entry and isinstance(entry.get("acc"), (int, float)):
+    for entry in data.get("ptq", []):
+        if isinstance(entry, dict) and "pair" in entry and isinstance(entry.get("acc"), (int, float)):
             metrics.setdefault(f"ptq/acc_{entry['pair']}", entry["acc"])
     return Run(
         results.parent,
-        str(data.get("status", "unreadable")),
+        data.get("status", "unreadable"),
         _overrides(data.get("overrides", [])),
         metrics,
         data.get("error"),
-        {k: str(v) for k, v in (data.get("choices") or {}).items()},
+        {k: str(v) for k, v in data.get("choices", {}).items()},
     )
 
 
@@ -94,8 +112,22 @@ def _missing_run(job: Path) -> Run:
     return Run(job, "missing", _overrides([str(item) for item in listed]))
 
 
+def planned_jobs(sweep_dir: Path) -> list[Run]:
+    """The jobs a sweep planned (its sweep.json), each as a "not started" run in <sweep dir>/<num>."""
+    try:
+        record = json.loads((sweep_dir / "sweep.json").read_text())
+        jobs = record["jobs"]
+        return [
+            Run(sweep_dir / str(int(job["num"])), "not started", _overrides(list(job["overrides"])))
+            for job in jobs
+        ]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def find_runs(dirs: list[Path]) -> list[Run]:
-    """Every run under `dirs`: results.json files, and job directories (.hydra/) without one."""
+    """Every run under `dirs`: results.json files, job directories (.hydra/) without one ("missing"),
+    and the jobs a sweep planned (sweep.json) that have no directory yet ("not started")."""
     runs: dict[Path, Run] = {}
     for root in dirs:
         if not root.is_dir():
@@ -106,6 +138,9 @@ def find_runs(dirs: list[Path]) -> list[Run]:
             job = hydra.parent.resolve()
             if job not in runs and (hydra / "overrides.yaml").is_file():
                 runs[job] = _missing_run(hydra.parent)
+        for record in sorted(root.rglob("sweep.json")):
+            for planned in planned_jobs(record.parent):
+                runs.setdefault(planned.path.resolve(), planned)
     return list(runs.values())
 
 

@@ -61,12 +61,14 @@ def load_init(model: nn.Module, source: str) -> None:
 
 def load_exported(
     source: Path, which: str, run_cfg: DictConfig, device: torch.device
-) -> tuple[nn.Module, Method]:
-    """Rebuild a finished run's model and method, load checkpoints/<which>.pt, return the export."""
+) -> tuple[nn.Module, Method, int | None]:
+    """Rebuild a finished run's model and method, load checkpoints/<which>.pt; return the export,
+    the method and the checkpoint's step."""
     model = build(run_cfg.model)
     method = build(run_cfg.method)
     state = checkpoint.load(source / "checkpoints" / f"{which}.pt", device)
     model = method.prepare(model.to(device))
     model.load_state_dict(state["model"])
     method.load_state_dict(state.get("method", {}))
-    return method.export(model).eval(), method
+    step = state.get("step", (state.get("clock") or {}).get("step"))
+    return method.export(model).eval(), method, step

@@ -4,10 +4,11 @@ composed config's bad values into one-line errors before anything is built."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from quantlab.errors import ConfigError, QuantlabError, check_bits, check_positive, parse_sweep
@@ -48,6 +49,9 @@ def _get(cfg: DictConfig, key: str) -> Any:
 
 def validate_train_config(cfg: DictConfig) -> None:
     """Reject out-of-range values before anything is built; each error names its field."""
+    seed = _get(cfg, "seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r}: must be an integer")
     epochs, iterations = _get(cfg, "schedule.epochs"), _get(cfg, "schedule.iterations")
     if epochs is None and iterations is None:
         raise ConfigError("schedule.epochs / schedule.iterations: set one of them to an integer > 0")
@@ -77,8 +81,11 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.eval_unit={unit!r}: must be epoch or step")
 
 
-def compose(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
-    """Compose a config outside a Hydra app (tests, benchmarks), with the same search path.
+def compose(
+    overrides: list[str] | None = None, config_name: str = "train", keep_hydra: bool = False
+) -> DictConfig:
+    """Compose a config outside a Hydra app (the command-line checks, tests, benchmarks), with the
+    same search path; `keep_hydra` keeps the `hydra` node (e.g. to read hydra.run.dir).
 
     Hydra's runtime facts (`${hydra:runtime.choices.method}`, used by the paper presets) resolve as
     in a run: the composed Hydra config is installed as the current one.
@@ -97,8 +104,9 @@ def compose(overrides: list[str] | None = None, config_name: str = "train") -> D
             config_name=config_name, overrides=list(overrides or []), return_hydra_config=True
         )
     HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    if not keep_hydra:
+        with open_dict(cfg):
+            del cfg["hydra"]
     return cfg
 
 
@@ -124,29 +132,55 @@ def check_missing(cfg: DictConfig) -> None:
 RESOLVED = "config.yaml"  # a run's fully resolved config, written when it starts
 
 
-def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _config_diff(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [f"{prefix[:-1]} (run: {a!r}, now: {b!r})"]
+#: Where a run reads its data and what machine it runs on: a resume may change them (data copied to
+#: node-local scratch, another GPU); every other setting is the experiment's and is kept.
+MACHINE_KEYS = ("dataset.root", "dataset.download", "device", "trainer.num_workers")
+
+
+_ABSENT = object()
+
+
+def _override_key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def _plain(value: Any) -> Any:
+    return (
+        OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+    )
 
 
 def resume_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple[DictConfig, list[str]]:
-    """The config of the run being resumed (resolved when it started) and the overrides that made it;
-    command-line settings that differ from the run's are refused, naming them."""
+    """The config of the run being resumed (resolved when it started) and the overrides that made it.
+
+    Of the command line's overrides (`cfg` is what they compose to), machine settings (MACHINE_KEYS)
+    replace the run's; any other that differs from the run's value is refused, naming the keys.
+    With no dataset.root given, a QUANTLAB_DATA set now replaces the run's data root (the cluster
+    pattern: data copied to node-local scratch by each job)."""
     saved = OmegaConf.load(run_dir / RESOLVED)
-    user = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
-    if user:
-        now = OmegaConf.to_container(cfg, resolve=True)
-        before = OmegaConf.to_container(saved, resolve=False)
-        now.pop("resume", None)
-        before.pop("resume", None)
-        diff = _config_diff(before, now)
-        if diff:
-            raise ConfigError(f"resume={run_dir}: settings differ from the run's: {'; '.join(diff[:5])}")
+    machine: dict[str, Any] = {}
+    differing = []
+    for override in overrides:
+        key = _override_key(override)
+        if key == "resume" or key.startswith(("hydra.", "hydra/")):
+            continue
+        now = _plain(OmegaConf.select(cfg, key, default=None))
+        if key in MACHINE_KEYS:
+            machine[key] = now
+        elif now != _plain(OmegaConf.select(saved, key, default=None)):
+            differing.append(key)
+    if differing:
+        raise ConfigError(
+            f"resume={run_dir}: {', '.join(differing)} differ from the run's settings (a resume continues "
+            f"the same experiment; only {', '.join(MACHINE_KEYS)} may change); start a new run instead"
+        )
+    data_root = os.environ.get("QUANTLAB_DATA")
+    if "dataset.root" not in machine and data_root and OmegaConf.select(saved, "dataset.root", default=None):
+        machine["dataset.root"] = data_root
     with open_dict(saved):
+        for key, value in machine.items():
+            if OmegaConf.select(saved, key, default=_ABSENT) is not _ABSENT:  # e.g. digits has no root
+                OmegaConf.update(saved, key, value)
         saved.resume = str(run_dir)
     saved_overrides = run_dir / ".hydra" / "overrides.yaml"
     if saved_overrides.exists():

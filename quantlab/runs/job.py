@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from quantlab.engine.console import fail
-from quantlab.errors import QuantlabError
+from quantlab.errors import Interrupted, QuantlabError
 
 
 @dataclass
@@ -36,7 +36,8 @@ class Job:
         hc = HydraConfig.get()
         return cls(
             dir=Path(hc.runtime.output_dir),
-            overrides=list(hc.overrides.task),
+            # resume=... says how this process runs, not what the run is
+            overrides=[o for o in hc.overrides.task if not o.startswith("resume=")],
             # the groups a user picks (method, model, ...), not Hydra's own nor a config's inner defaults
             choices={
                 k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and "/" not in k
@@ -70,10 +71,10 @@ def run_command(run: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, co
     try:
         return run(cfg)
     except QuantlabError as e:
-        if Job.current().multirun:
-            raise
-        logging.getLogger("quantlab").debug("failed", exc_info=True)
-        fail(command, e)
+        if Job.current().multirun and not isinstance(e, Interrupted):
+            raise  # Hydra records the job as failed and goes on with the others
+        logging.getLogger("quantlab").debug("stopped", exc_info=True)
+        fail(command, e, e.exit_code, "interrupted" if isinstance(e, Interrupted) else "error")
 
 
 def launch(
@@ -85,6 +86,9 @@ def launch(
     try:
         args = guard(args)
     except QuantlabError as e:
-        fail(f"quantlab {command}", e)
+        if e.exit_code == 0:  # e.g. resume=auto of a completed run
+            print(f"quantlab {command}: {e}", file=sys.stderr)
+            return
+        fail(f"quantlab {command}", e, e.exit_code)
     sys.argv = [f"quantlab {command}", *args]
     app()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -12,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from quantlab.engine.files import json_safe, write_text_atomic
+from quantlab.errors import WriteFailed
 
 log = logging.getLogger("quantlab")
 
@@ -37,12 +39,18 @@ def numbers(flat: dict[str, Any]) -> dict[str, float]:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per logging event, each with its `step`."""
+    """metrics.jsonl: one JSON object per logging event, each with its `step`.
 
-    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+    A resumed run continues the file from the checkpoint it resumes: cut back to `position` (the
+    byte offset the checkpoint recorded), or, for a checkpoint without one, to the lines logged at
+    or before `resume_step`; so nothing is logged twice and nothing is lost."""
+
+    def __init__(self, path: Path, resume_step: int | None = None, position: int | None = None) -> None:
         self.path = path
-        if resume_step is not None and path.exists():
-            # Drop what an interrupted run logged after its last checkpoint: it will be logged again.
+        if path.exists() and position is not None:
+            with open(path, "r+b") as f:
+                f.truncate(position)
+        elif path.exists() and resume_step is not None:
             kept = [
                 line
                 for line in path.read_text().splitlines()
@@ -52,23 +60,34 @@ class MetricsLog:
         self._file = open(path, "a")  # noqa: SIM115 - kept open for the whole run
 
     def write(self, step: int, epoch: int, values: dict[str, float]) -> None:
-        self._file.write(json.dumps(json_safe({"step": step, "epoch": epoch, **values})) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(json_safe({"step": step, "epoch": epoch, **values})) + "\n")
+            self._file.flush()
+        except OSError as e:
+            raise WriteFailed(f"{self.path}: cannot write it: {e.strerror or e}") from e
+
+    def position(self) -> int:
+        """The byte offset after the last line written (what a checkpoint records)."""
+        return self._file.tell()
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):
+            self._file.close()
 
 
 class RunLog:
     """Scalars to TensorBoard and metrics.jsonl; histograms and hparams to TensorBoard."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None, position: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops events an interrupted run wrote after its last checkpoint.
         purge = None if resume_step is None else resume_step + 1
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
-        self.jsonl = MetricsLog(run_dir / "metrics.jsonl", resume_step)
+        self.jsonl = MetricsLog(run_dir / "metrics.jsonl", resume_step, position)
+
+    def position(self) -> int:
+        return self.jsonl.position()
 
     def scalars(self, values: dict[str, float], step: int, epoch: int) -> None:
         for name, value in values.items():

@@ -1,0 +1,56 @@
+"""The checks a command line passes before Hydra creates a directory or any data is loaded: the config
+of every job composes (Hydra's own errors become one line), its values are in range, its method and
+PTQ settings build, its device exists. Each failure is one ConfigError (exit code 2)."""
+
+from __future__ import annotations
+
+import re
+
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from quantlab.engine.evaluate import resolve_device
+from quantlab.errors import ConfigError, sweep_pairs
+from quantlab.quant.sweep import PTQSettings
+from quantlab.runs.build import build
+from quantlab.runs.config import compose, group_options, prepare_train_config
+from quantlab.runs.sweep import wants_sweep
+
+
+def hydra_error_line(error: Exception) -> str:
+    """One line for an error of Hydra's composition (an unknown option lists the group's options)."""
+    text = str(error)
+    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+    if missing:
+        group, option = missing.groups()
+        try:
+            options = ", ".join(group_options(group))
+        except OSError:
+            options = "?"
+        return f"{group}={option}: no such option; choose one of: {options}"
+    lines = [line.strip() for line in text.split("Config search path")[0].splitlines() if line.strip()]
+    return "; ".join(line.rstrip(".") for line in lines) or type(error).__name__
+
+
+def compose_checked(overrides: list[str], config_name: str = "train", keep_hydra: bool = False) -> DictConfig:
+    """compose(), with Hydra's and OmegaConf's errors as one-line ConfigErrors."""
+    from hydra.errors import HydraException
+
+    try:
+        return compose(overrides, config_name, keep_hydra=keep_hydra)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(hydra_error_line(e)) from None
+
+
+def check_train(overrides: list[str]) -> DictConfig:
+    """Everything about a `quantlab train` job that can be checked without its data: returns its
+    resolved config."""
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = compose_checked(overrides)
+    choices = {k: str(v) for k, v in HydraConfig.get().runtime.choices.items()}
+    cfg = prepare_train_config(cfg, choices, write_to=None)
+    settings, pairs = PTQSettings.from_config(cfg.get("ptq")), sweep_pairs(cfg.bitwidth.get("sweep"))
+    resolve_device(str(cfg.device))
+    wants_sweep(settings, build(cfg.method).traits, pairs)
+    return cfg
