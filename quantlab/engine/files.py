@@ -13,7 +13,6 @@ from typing import IO, Any
 
 from quantlab.errors import WriteFailed
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
