@@ -21,13 +21,13 @@ from quantlab.data import make_loader
 from quantlab.engine.checkpoint import seed_everything
 from quantlab.engine.console import console
 from quantlab.engine.evaluate import resolve_device
+from quantlab.engine.lock import locked
 from quantlab.errors import ConfigError, sweep_pairs
 from quantlab.quant.sweep import PTQSettings
 from quantlab.runs.build import build, load_exported
 from quantlab.runs.config import config_dir
 from quantlab.runs.guards import ptq_args
 from quantlab.runs.job import Job, launch, run_command
-from quantlab.runs.lock import locked
 from quantlab.runs.results import read_results, recorded
 from quantlab.runs.runlog import RunLog
 from quantlab.runs.summary import print_sweep

@@ -17,13 +17,13 @@ import hydra
 from omegaconf import DictConfig
 
 from quantlab.engine.checkpoint import seed_everything
+from quantlab.engine.lock import locked
 from quantlab.errors import Interrupted, sweep_pairs
 from quantlab.quant.sweep import PTQSettings
 from quantlab.runs.build import build, load_init
 from quantlab.runs.config import RESOLVED, config_dir, prepare_train_config, resume_config
 from quantlab.runs.guards import train_args
 from quantlab.runs.job import Job, launch, run_command
-from quantlab.runs.lock import locked
 from quantlab.runs.results import continued, read_results, recorded
 from quantlab.runs.summary import print_summary, print_sweep
 from quantlab.runs.sweep import record_sweep, sweep_network, wants_sweep

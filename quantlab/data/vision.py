@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
+from torchvision.datasets.utils import check_integrity
 
 from quantlab.data.bundle import DataBundle, Transformed, split_indices
 from quantlab.errors import QuantlabError
@@ -42,13 +43,43 @@ def _missing(name: str, root: Path, layout: str, download_hint: bool) -> Dataset
     return DatasetMissing(f"{name}: files not found under {root}: expected {layout}; {how}")
 
 
-def _open_pair(name: str, root: str | None, layout: str, open_split: Callable[[str, bool], Dataset]):
-    """(train, test) from a torchvision class that has a downloader; missing files: one-line error."""
+def _open_pair(
+    name: str,
+    root: str | None,
+    layout: str,
+    open_split: Callable[[str, bool], Dataset],
+    files: Sequence[str] = (),
+):
+    """(train, test) from a torchvision class that has a downloader. Missing files, and a file that
+    cannot be read (a truncated copy; `files` are the ones to look at), are one-line errors."""
     path = _root(name, root, layout, True)
     try:
         return open_split(str(path), True), open_split(str(path), False)
     except RuntimeError as e:
         raise _missing(name, path, layout, True) from e
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, OSError) as e:
+        bad = next((path / f for f in files if not _unpickles(path / f)), None)
+        where = str(bad) if bad is not None else f"a file under {path}"
+        raise DatasetMissing(
+            f"{name}: {where} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:80]}); "
+            "it is truncated or corrupt: copy it again"
+        ) from None
+
+
+def _unpickles(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            pickle.load(f, encoding="latin1")
+    except Exception:
+        return False
+    return True
+
+
+def _checksum_mismatch(name: str, path: Path) -> DatasetMissing:
+    return DatasetMissing(
+        f"{name}: {path} fails torchvision's md5 checksum (a partial or different copy); copy it again, "
+        "or pass dataset.verify=false to skip the check"
+    )
 
 
 def _split(
@@ -121,12 +152,23 @@ fashion_mnist = _mnist_like(tvd.FashionMNIST, "fashion_mnist", 0.2860, 0.3530)
 
 class _CIFAR10(tvd.CIFAR10):
     verify = True
+    label = "cifar10"
 
     def _check_integrity(self) -> bool:
-        if self.verify:
-            return super()._check_integrity()
         base = Path(self.root) / self.base_folder
+        if self.verify:
+            for filename, md5 in self.train_list + self.test_list:
+                if (base / filename).is_file() and not check_integrity(str(base / filename), md5):
+                    raise _checksum_mismatch(self.label, base / filename)
+            return super()._check_integrity()
         return all((base / f).is_file() for f, _ in self.train_list + self.test_list)
+
+    @classmethod
+    def files(cls) -> list[str]:
+        """The pickles under the root, for naming the one that cannot be read."""
+        return [f"{cls.base_folder}/{f}" for f, _ in [*cls.train_list, *cls.test_list]] + [
+            f"{cls.base_folder}/{cls.meta['filename']}"
+        ]
 
     def _load_meta(self) -> None:
         if self.verify:
@@ -139,14 +181,19 @@ class _CIFAR10(tvd.CIFAR10):
 class _CIFAR100(_CIFAR10, tvd.CIFAR100):
     """CIFAR-100 with the same optional md5 verification."""
 
+    label = "cifar100"
+
 
 class _SVHN(tvd.SVHN):
     verify = True
 
     def _check_integrity(self) -> bool:
+        path = Path(self.root) / self.filename
         if self.verify:
+            if path.is_file() and not check_integrity(str(path), self.file_md5):
+                raise _checksum_mismatch("svhn", path)
             return super()._check_integrity()
-        return (Path(self.root) / self.filename).is_file()
+        return path.is_file()
 
 
 CIFAR_STATS = {
@@ -172,7 +219,9 @@ def _cifar(classes: int):
     ) -> DataBundle:
         layout = f"<root>/{folder}/{{{files}}} (the python pickle version)"
         cls.verify = verify
-        train, test = _open_pair(name, root, layout, lambda path, tr: cls(path, train=tr, download=download))
+        train, test = _open_pair(
+            name, root, layout, lambda path, tr: cls(path, train=tr, download=download), cls.files()
+        )
         mean, std = CIFAR_STATS[classes]
         train_tf, eval_tf = _small_tf(mean, std, augment, crop=32, flip=True)
         return _split(name, train, test, train_tf, eval_tf, val_size, split_seed, classes, 3, 32)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantlab.engine import lock
+
 IGNORED_KEYS = ("seed", "hydra.", "hydra/")
 
 
@@ -91,12 +93,15 @@ def read_run(results: Path) -> Run:
     for entry in data.get("ptq", []):
         if isinstance(entry, dict) and "pair" in entry and isinstance(entry.get("acc"), (int, float)):
             metrics.setdefault(f"ptq/acc_{entry['pair']}", entry["acc"])
+    status, error = data.get("status", "unreadable"), data.get("error")
+    if status == "running" and lock.holder(results.parent) is None:
+        status, error = "killed", "its process ended without recording how (resume it)"
     return Run(
         results.parent,
-        data.get("status", "unreadable"),
+        status,
         _overrides(data.get("overrides", [])),
         metrics,
-        data.get("error"),
+        error,
         {k: str(v) for k, v in data.get("choices", {}).items()},
     )
 

@@ -140,7 +140,8 @@ MACHINE_KEYS = ("dataset.root", "dataset.download", "device", "trainer.num_worke
 _ABSENT = object()
 
 
-def _override_key(override: str) -> str:
+def override_key(override: str) -> str:
+    """`+a.b=1` -> `a.b`."""
     return override.lstrip("+~").split("=", 1)[0]
 
 
@@ -153,29 +154,33 @@ def _plain(value: Any) -> Any:
 def resume_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple[DictConfig, list[str]]:
     """The config of the run being resumed (resolved when it started) and the overrides that made it.
 
-    Of the command line's overrides (`cfg` is what they compose to), machine settings (MACHINE_KEYS)
-    replace the run's; any other that differs from the run's value is refused, naming the keys.
-    With no dataset.root given, a QUANTLAB_DATA set now replaces the run's data root (the cluster
+    `cfg` is what `overrides` compose to now. Machine settings (MACHINE_KEYS) among them replace the
+    run's; any other key whose value differs from the run's is refused, naming the keys. With no
+    dataset.root among them, a QUANTLAB_DATA set now replaces the run's data root (the cluster
     pattern: data copied to node-local scratch by each job)."""
     saved = OmegaConf.load(run_dir / RESOLVED)
-    machine: dict[str, Any] = {}
-    differing = []
-    for override in overrides:
-        key = _override_key(override)
-        if key == "resume" or key.startswith(("hydra.", "hydra/")):
-            continue
-        now = _plain(OmegaConf.select(cfg, key, default=None))
-        if key in MACHINE_KEYS:
-            machine[key] = now
-        elif now != _plain(OmegaConf.select(saved, key, default=None)):
-            differing.append(key)
+    now = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for key in MACHINE_KEYS:  # compared apart: a group's subtree may hold them (dataset=cifar10)
+        before = OmegaConf.select(saved, key, default=_ABSENT)
+        if before is not _ABSENT and OmegaConf.select(now, key, default=_ABSENT) is not _ABSENT:
+            OmegaConf.update(now, key, before)
+    keys = [override_key(o) for o in overrides]
+    keys = [k for k in dict.fromkeys(keys) if k != "resume" and not k.startswith(("hydra.", "hydra/"))]
+    differing = [
+        key
+        for key in keys
+        if key not in MACHINE_KEYS
+        and _plain(OmegaConf.select(now, key, default=None))
+        != _plain(OmegaConf.select(saved, key, default=None))
+    ]
     if differing:
         raise ConfigError(
             f"resume={run_dir}: {', '.join(differing)} differ from the run's settings (a resume continues "
             f"the same experiment; only {', '.join(MACHINE_KEYS)} may change); start a new run instead"
         )
+    machine = {k: _plain(OmegaConf.select(cfg, k, default=None)) for k in keys if k in MACHINE_KEYS}
     data_root = os.environ.get("QUANTLAB_DATA")
-    if "dataset.root" not in machine and data_root and OmegaConf.select(saved, "dataset.root", default=None):
+    if "dataset.root" not in machine and data_root:
         machine["dataset.root"] = data_root
     with open_dict(saved):
         for key, value in machine.items():

@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from quantlab.engine import lock
 from quantlab.errors import ConfigError, QuantlabError, parse_sweep
-from quantlab.runs import lock
 from quantlab.runs.checks import check_train, compose_checked
-from quantlab.runs.config import RESOLVED, resume_config
+from quantlab.runs.config import RESOLVED, override_key, resume_config
 from quantlab.runs.results import read_results
 
 #: Hydra flags that print something and run nothing: no guard applies.
@@ -103,7 +103,8 @@ def train_args(args: list[str]) -> list[str]:
 
 def resume_args(args: list[str], resume: str) -> list[str]:
     """resume=<run dir>: a run with a checkpoint, not completed, held by no live process, resumed with
-    the settings it was started with (paths and machine settings may change)."""
+    the settings it was started with (its own overrides, which the command line's replace: paths and
+    machine settings may change, anything else must equal the run's)."""
     run_dir = Path(resume).expanduser().resolve()
     if not (run_dir / "checkpoints" / "last.pt").is_file() or not (run_dir / RESOLVED).is_file():
         raise ConfigError(f"resume={resume}: not a run directory with checkpoints/last.pt and {RESOLVED}")
@@ -113,12 +114,22 @@ def resume_args(args: list[str], resume: str) -> list[str]:
             f"resume={resume}: this run completed; a resume would only repeat its test. Re-sweep it with "
             f"`quantlab ptq run={run_dir}`, or start a new run from it with init_from={run_dir}"
         )
-    overrides = without(task_overrides(args), "resume")
-    if overrides:  # only what the command line changes is compared with the run's settings
-        resume_config(compose_checked(overrides), run_dir, overrides)
+    given = without(task_overrides(args), "resume")
+    keys = {override_key(o) for o in given}
+    overrides = [o for o in saved_overrides(run_dir) if override_key(o) not in keys] + given
+    if given:  # only what the command line changes is compared with the run's settings
+        resume_config(compose_checked(overrides), run_dir, given)
     # Continue in the run's own directory, and keep its .hydra/ (the original config) untouched.
-    args = without(args, "resume", "hydra.run.dir", "hydra.output_subdir")
-    return [*args, f"resume={run_dir}", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+    flags = [a for a in without(args, "resume", "hydra.run.dir", "hydra.output_subdir") if a not in given]
+    return [*flags, *overrides, f"resume={run_dir}", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+
+
+def saved_overrides(run_dir: Path) -> list[str]:
+    """The overrides a run was started with (its .hydra/overrides.yaml)."""
+    from omegaconf import OmegaConf
+
+    path = run_dir / ".hydra" / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
 
 
 def auto_args(args: list[str]) -> list[str]:
