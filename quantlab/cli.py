@@ -20,6 +20,7 @@ examples:
   quantlab train model=lenet5 schedule.epochs=5
   quantlab train -m method=float seed=0,1,2        # a multirun grid
   quantlab train resume=outputs/train/<run>        # continue an interrupted run
+  quantlab train -m hydra.sweep.dir=<sweep> resume=auto   # continue an interrupted sweep
   quantlab ptq run=outputs/train/<run> bitwidth.sweep=[[8,4],[6,4],[4,4]]
   quantlab bench --model resnet18 --methods float
   quantlab table outputs/train/multirun/<date> --rows method --cols ptq

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -61,5 +62,8 @@ def test_sigkill_then_resume_equals_uninterrupted(workdir):
 def test_resume_refuses_changed_settings(workdir):
     run = workdir / "run"
     quantlab("train", "schedule.epochs=1", f"hydra.run.dir={run}", cwd=workdir)
+    stopped = json.loads((run / "results.json").read_text())
+    stopped["status"] = "interrupted"  # a completed run is not resumed at all (tests/test_trust.py)
+    (run / "results.json").write_text(json.dumps(stopped))
     proc = quantlab("train", "schedule.epochs=1", "seed=3", f"resume={run}", cwd=workdir, check=False)
     assert proc.returncode != 0 and "seed" in proc.stderr

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 
 from quantlab.engine.evaluate import evaluate
 from quantlab.engine.trainer import Trainer, TrainerSettings
+from quantlab.errors import ConfigError
 from quantlab.runs.config import compose
 from quantlab.runs.runlog import RunLog
 from tests.toy_method import ToyMethod
@@ -136,5 +137,5 @@ def test_device_errors():
 
     assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="device=cuda"):
+        with pytest.raises(ConfigError, match="device=cuda"):
             resolve_device("cuda")
