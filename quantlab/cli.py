@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 USAGE = """usage: quantlab <command> [overrides ...]
@@ -56,4 +57,8 @@ def main(argv: list[str] | None = None) -> None:
             "quantlab",
             f"unknown command {command!r}; choose one of: {', '.join(c for c in COMMANDS if ' ' not in c)}",
         )
-    importlib.import_module(COMMANDS[command]).main(rest)
+    try:
+        importlib.import_module(COMMANDS[command]).main(rest)
+    except BrokenPipeError:  # e.g. `quantlab table ... | head`: the reader left; end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)

@@ -55,7 +55,8 @@ def make_trainer(overrides: list[str], run_dir: Path, runlog=None):
     import torch
     from hydra.utils import instantiate
 
-    from quantlab.engine.trainer import Trainer, TrainerSettings
+    from quantlab.engine.settings import TrainerSettings
+    from quantlab.engine.trainer import Trainer
     from quantlab.runs.config import compose
 
     cfg = compose(overrides)

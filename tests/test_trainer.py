@@ -9,7 +9,8 @@ import torch
 from hydra.utils import instantiate
 
 from quantlab.engine.evaluate import evaluate
-from quantlab.engine.trainer import Trainer, TrainerSettings
+from quantlab.engine.settings import TrainerSettings
+from quantlab.engine.trainer import Trainer
 from quantlab.errors import ConfigError
 from quantlab.runs.config import compose
 from quantlab.runs.runlog import RunLog

@@ -1,5 +1,6 @@
 """Runs you can trust (issue 14): nothing a user ran is lost or silently wrong. One test (or more)
-per failure the issue lists, each reproducing it through the command a user types."""
+per failure the issue lists, each reproducing it through the command a user types; and exact resume
+after SIGKILL."""
 
 from __future__ import annotations
 
@@ -91,6 +92,43 @@ def snapshot(run_dir: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
 
 
+# -- exact resume (kept from before issue 14) ---------------------------------------------------------------
+
+
+def test_sigkill_then_resume_equals_uninterrupted(workdir, reference):
+    killed = workdir / "killed"
+    proc = start("train", *RUN, f"hydra.run.dir={killed}", cwd=workdir)
+    wait_for_checkpoint(proc, killed, 60)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    last = killed / "checkpoints" / "last.pt"
+    assert results(killed)["status"] == "running", "the run finished before it could be killed"
+    state = torch.load(last, weights_only=True)
+    assert 0 < state["clock"]["step"] < 15 * 19
+
+    quantlab("train", f"resume={killed}", cwd=workdir)
+    done, ref = results(killed), results(reference)
+    assert done["status"] == "completed"
+    assert done["metrics"] == ref["metrics"]  # exactly equal, every final metric
+    assert done["overrides"] == ref["overrides"] == RUN
+    # The logged history is the same too: lines written after the last checkpoint were dropped.
+    assert (killed / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+    a = torch.load(killed / "checkpoints" / "best.pt", weights_only=True)["model"]
+    b = torch.load(reference / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [s["status"] for s in done["sessions"]] == ["killed", "completed"]
+
+
+def test_resume_refuses_changed_settings(workdir):
+    run = workdir / "run"
+    quantlab("train", "schedule.epochs=1", f"hydra.run.dir={run}", cwd=workdir)
+    stopped = json.loads((run / "results.json").read_text())
+    stopped["status"] = "interrupted"  # a completed run is not resumed at all (test below)
+    (run / "results.json").write_text(json.dumps(stopped))
+    proc = quantlab("train", "schedule.epochs=1", "seed=3", f"resume={run}", cwd=workdir, check=False)
+    assert proc.returncode != 0 and "seed" in proc.stderr
+
+
 # -- 1. a resume never destroys what a completed run recorded ----------------------------------------------
 
 
@@ -138,7 +176,8 @@ def test_divergence_fails_the_run_in_one_line_and_no_table_averages_it(workdir):
 
 
 def test_no_checkpoint_with_non_finite_weights_replaces_a_finite_one(tmp_path):
-    from quantlab.engine.trainer import Trainer, TrainerSettings
+    from quantlab.engine.settings import TrainerSettings
+    from quantlab.engine.trainer import Trainer
     from quantlab.errors import Diverged
     from quantlab.methods.floating import Float
     from quantlab.runs.config import compose

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from quantlab.engine.console import print_rows
-from quantlab.engine.trainer import Trainer, TrainerSettings
+from quantlab.engine.settings import TrainerSettings
+from quantlab.engine.trainer import Trainer
 from quantlab.runs.config import compose
 
 

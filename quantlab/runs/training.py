@@ -17,7 +17,8 @@ from torch import nn
 
 from quantlab.data import DataBundle
 from quantlab.engine import checkpoint
-from quantlab.engine.trainer import Trainer, TrainerSettings
+from quantlab.engine.settings import TrainerSettings
+from quantlab.engine.trainer import Trainer
 from quantlab.errors import Interrupted
 from quantlab.methods.base import Method
 from quantlab.runs.results import read_results

@@ -1,0 +1,61 @@
+"""What the trainer reads of a run's config, typed and read once (not looked up every step)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from quantlab.schedules import Constant, Schedule
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """What the trainer reads of a run's config (`trainer`, `schedule`, `seed`, `device`), typed once."""
+
+    schedule: DictConfig  # the schedule group: the method builds its optimizer from it
+    batch_size: int
+    epochs: int | None = None  # train for epochs, or (epochs None) for `iterations` steps
+    iterations: int | None = None
+    lr: Schedule = field(default_factory=lambda: Constant(1.0))  # a factor on the optimizer's lr
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    grad_clip: float | None = None
+    eval_every: int = 1
+    eval_unit: str = "epoch"  # epoch | step
+    select_by: str = "auto"  # auto: val/acc_exported when the method's export differs, else val/acc
+    log_every: int = 50
+    histogram_every: int = 0
+    grad_norms_every: int | None = None  # None: the method's default
+    checkpoint_every: int = 1
+    checkpoint_every_steps: int = 0
+    num_workers: int = 0
+    eval_batch_size: int | None = None  # None: 2 × batch_size
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> TrainerSettings:
+        t, s = cfg.trainer, cfg.schedule
+        norms_every = t.get("grad_norms_every")
+        return cls(
+            schedule=s,
+            batch_size=int(s.batch_size),
+            epochs=None if s.get("epochs") is None else int(s.epochs),
+            iterations=int(s.iterations) if s.get("iterations") else None,
+            lr=instantiate(s.lr) if s.get("lr") else Constant(1.0),
+            seed=int(cfg.seed),
+            device=str(cfg.device),
+            amp=bool(t.get("amp", False)),
+            grad_clip=float(t.grad_clip) if t.get("grad_clip") else None,
+            eval_every=int(t.eval_every),
+            eval_unit=str(t.eval_unit),
+            select_by=str(t.get("select_by", "auto")),
+            log_every=int(t.log_every),
+            histogram_every=int(t.get("histogram_every") or 0),
+            grad_norms_every=None if norms_every is None else int(norms_every),
+            checkpoint_every=int(t.get("checkpoint_every") or 1),
+            checkpoint_every_steps=int(t.get("checkpoint_every_steps") or 0),
+            num_workers=int(t.num_workers),
+            eval_batch_size=int(t.eval_batch_size) if t.get("eval_batch_size") else None,
+        )
