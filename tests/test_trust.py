@@ -363,6 +363,7 @@ def test_a_full_disk_during_the_final_ptq_fails_the_run(workdir):
         ("method=nope", "method=nope: no such option; choose one of: bc,"),
         ("schedule.foo=1", "Could not override 'schedule.foo'"),
         ("bitwidth=w8a8 method=md_tanh", "method=md_tanh supports bitwidth=binary"),
+        ("init_from=/no/such/run", "init_from=/no/such/run: no such run directory or checkpoint file"),
     ],
 )
 def test_user_errors_are_one_line_exit_2_and_create_nothing(workdir, override, says):

@@ -5,6 +5,7 @@ PTQ settings build, its device exists. Each failure is one ConfigError (exit cod
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -53,4 +54,7 @@ def check_train(overrides: list[str]) -> DictConfig:
     settings, pairs = PTQSettings.from_config(cfg.get("ptq")), sweep_pairs(cfg.bitwidth.get("sweep"))
     resolve_device(str(cfg.device))
     wants_sweep(settings, build(cfg.method).traits, pairs)
+    init_from = cfg.get("init_from")
+    if init_from and not Path(str(init_from)).expanduser().exists():
+        raise ConfigError(f"init_from={init_from}: no such run directory or checkpoint file")
     return cfg
