@@ -225,14 +225,29 @@ def test_a_second_writer_or_a_resume_of_a_live_run_fails_at_once_naming_the_hold
             assert proc.returncode == 2
             (line,) = error_lines(proc.stderr)
             assert (
-                f"in use by another quantlab process (PID {first.pid})" in line
+                f"in use by another quantlab process (PID {first.pid} on " in line
                 or "already holds a run" in line
             )
         assert results(run)["overrides"] == before["overrides"]  # the second writer wrote nothing
-        assert (run / ".lock").read_text().strip() == str(first.pid)
+        assert (run / ".lock").read_text().split()[0] == str(first.pid)
     finally:
         first.kill()
         first.wait()
+
+
+def test_two_runs_started_together_into_one_directory_one_wins(workdir):
+    run = workdir / "run"
+    procs = [start("train", *FAST, f"seed={seed}", f"hydra.run.dir={run}", cwd=workdir) for seed in (0, 1)]
+    outcomes = [(p.communicate(timeout=300)[1], p.returncode) for p in procs]
+    outcomes = [(code, err) for err, code in outcomes]
+    assert sorted(code for code, _ in outcomes) == [0, 2]
+    (err,) = [err for code, err in outcomes if code == 2]
+    assert "in use by another quantlab process" in err or "already holds a run" in err
+    res, config = results(run), (run / "config.yaml").read_text()
+    assert res["status"] == "completed" and f"seed: {res['overrides'][-1].split('=')[1]}" in config
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == len(
+        set((run / "metrics.jsonl").read_text().splitlines())
+    )
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
@@ -240,10 +255,12 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     from quantlab.errors import ConfigError
 
     (tmp_path / ".lock").write_text("999999\n")  # left by a process that died without a word
-    assert lock.hold(tmp_path) and (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+    assert lock.hold(tmp_path) and (tmp_path / ".lock").read_text().split()[0] == str(os.getpid())
     code = f"from quantlab.engine import lock; lock.hold({str(tmp_path)!r})"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert other.returncode != 0 and f"in use by another quantlab process (PID {os.getpid()})" in other.stderr
+    assert (
+        other.returncode != 0 and f"in use by another quantlab process (PID {os.getpid()} on " in other.stderr
+    )
     lock.release(tmp_path)
     assert lock.holder(tmp_path) is None
 
@@ -252,7 +269,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
         deadline = time.time() + 60
         while lock.holder(tmp_path) != holding.pid and time.time() < deadline:
             time.sleep(0.05)
-        with pytest.raises(ConfigError, match=f"PID {holding.pid}"):
+        with pytest.raises(ConfigError, match=f"PID {holding.pid} on "):
             lock.hold(tmp_path)
     finally:
         holding.kill()

@@ -1,8 +1,9 @@
 """An exclusive lock on a run (or sweep) directory for the life of the process that writes into it.
 
-The lock is `flock` on `<dir>/.lock`, which holds the holder's PID. The kernel drops it when the
-holder exits, however it exits (SIGKILL, preemption, a crash), so a lock left by a dead process is
+The lock is `flock` on `<dir>/.lock`, which holds the holder's PID and host. The kernel drops it when
+the holder exits, however it exits (SIGKILL, preemption, a crash), so a lock left by a dead process is
 simply taken over; a second live writer fails at once with one line naming the holder's PID.
+`holder()` (what `quantlab table` asks to tell a killed run from a running one) only reads the file.
 A process takes the same directory's lock once (`hold` returns at once when it holds it already).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +24,7 @@ _held: dict[Path, int] = {}  # directory -> the open, locked file descriptor
 
 def hold(directory: str | os.PathLike, what: str = "run directory") -> bool:
     """Lock `directory` (created if needed) for this process; False when this process held it already.
-    Raises ConfigError naming the live holder's PID."""
+    Raises ConfigError naming the live holder (PID and host)."""
     path = Path(directory).expanduser().resolve()
     if path in _held:
         return False
@@ -31,14 +33,14 @@ def hold(directory: str | os.PathLike, what: str = "run directory") -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        pid, host = _read(fd)
         os.close(fd)
         raise ConfigError(
-            f"{path}: this {what} is in use by another quantlab process (PID {holder}); "
+            f"{path}: this {what} is in use by another quantlab process (PID {pid} on {host}); "
             "wait for it to end, or pick another directory"
         ) from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
     _held[path] = fd
     return True
 
@@ -46,6 +48,7 @@ def hold(directory: str | os.PathLike, what: str = "run directory") -> bool:
 def release(directory: str | os.PathLike) -> None:
     fd = _held.pop(Path(directory).expanduser().resolve(), None)
     if fd is not None:
+        os.ftruncate(fd, 0)  # no holder named any more
         os.close(fd)  # closing the descriptor drops the flock
 
 
@@ -62,19 +65,33 @@ def locked(directory: str | os.PathLike, what: str = "run directory") -> Iterato
 
 
 def holder(directory: str | os.PathLike) -> int | None:
-    """The PID of a live process holding the lock of `directory`, or None (free, or never taken)."""
+    """The PID of the process that holds `directory`, or None when it is free. It only reads: a
+    holder on this host is alive or not; one on another host (a shared disk) is taken as alive."""
     path = Path(directory).expanduser().resolve()
     if path in _held:
         return os.getpid()
     try:
-        fd = os.open(path / LOCK_FILE, os.O_RDWR)
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY)
     except OSError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else -1
+        pid, host = _read(fd)
     finally:
-        os.close(fd)  # also drops the probe's own lock
-    return None
+        os.close(fd)
+    if not pid.isdigit():
+        return None
+    if host != socket.gethostname():
+        return int(pid)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return int(pid)
+
+
+def _read(fd: int) -> tuple[str, str]:
+    """(PID, host) as the holder wrote them ("?" where unknown)."""
+    words = os.pread(fd, 256, 0).decode(errors="replace").split()
+    return (words[0] if words else "?"), (words[1] if len(words) > 1 else "?")
