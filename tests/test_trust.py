@@ -132,9 +132,8 @@ def test_resume_refuses_changed_settings(workdir):
 # -- 1. a resume never destroys what a completed run recorded ----------------------------------------------
 
 
-def test_resume_of_a_completed_run_is_refused_and_changes_nothing(workdir):
-    run = workdir / "run"
-    quantlab("train", *FAST, f"hydra.run.dir={run}", cwd=workdir)
+def test_resume_of_a_completed_run_is_refused_and_changes_nothing(workdir, finished):
+    run = copy_run(finished, workdir / "run")
     before = snapshot(run)
     proc = quantlab("train", f"resume={run}", cwd=workdir, check=False)
     assert proc.returncode == 2
@@ -482,10 +481,17 @@ def test_ptq_refuses_an_unfinished_run_unless_asked(workdir, interrupted):
 # -- 8. table and plot read any results.json without crashing ----------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A completed FAST run (tests copy it)."""
+    cwd = tmp_path_factory.mktemp("finished")
+    quantlab("train", *FAST, f"hydra.run.dir={cwd / 'run'}", cwd=cwd)
+    return cwd / "run"
+
+
 @pytest.mark.parametrize("content", ["[]", "null", '{"status": "completed", "metrics": null}', '"text"'])
-def test_table_and_plot_count_a_malformed_results_json_as_unreadable(workdir, content):
-    good = workdir / "runs" / "good"
-    quantlab("train", *FAST, f"hydra.run.dir={good}", cwd=workdir)
+def test_table_and_plot_count_a_malformed_results_json_as_unreadable(workdir, finished, content):
+    copy_run(finished, workdir / "runs" / "good")
     bad = workdir / "runs" / "bad"
     bad.mkdir()
     (bad / "results.json").write_text(content)
@@ -498,11 +504,10 @@ def test_table_and_plot_count_a_malformed_results_json_as_unreadable(workdir, co
 # -- 9. no metrics.jsonl line twice ------------------------------------------------------------------------
 
 
-def test_resuming_after_the_last_checkpoint_logs_nothing_twice(workdir):
+def test_resuming_after_the_last_checkpoint_logs_nothing_twice(workdir, finished):
     """Stopped after its final checkpoint (during the test or the PTQ sweep), a run logs the final
     lines once when resumed: the log is cut back to where the checkpoint was written."""
-    run = workdir / "run"
-    quantlab("train", *FAST, f"hydra.run.dir={run}", cwd=workdir)
+    run = copy_run(finished, workdir / "run")
     log = (run / "metrics.jsonl").read_text()
     res = results(run)
     res["status"] = "interrupted"  # as if stopped during the sweep: everything after last.pt is redone

@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         resume = mode == "resume"
         cfg, overrides = resume_config(cfg, job.dir, job.overrides) if resume else (cfg, job.overrides)
         fresh = job.new_results(overrides, choices=job.choices)
-        results = continued(read_results(job.dir) or fresh) if resume else fresh
+        results = {**continued(read_results(job.dir) or fresh), "run_dir": str(job.dir)} if resume else fresh
         with recorded(job.results_path, results, job.started), hinted(job, overrides):
             return train(cfg, job, results, resume)
 
