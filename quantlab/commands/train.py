@@ -27,7 +27,7 @@ from quantlab.runs.job import Job, launch, run_command
 from quantlab.runs.results import continued, read_results, recorded
 from quantlab.runs.summary import print_summary, print_sweep
 from quantlab.runs.sweep import record_sweep, sweep_network, wants_sweep
-from quantlab.runs.training import record_report, resume_hint, start_mode, training
+from quantlab.runs.training import StopOnSignals, record_report, resume_hint, start_mode, training
 
 log = logging.getLogger("quantlab")
 
@@ -35,7 +35,7 @@ log = logging.getLogger("quantlab")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The body of `quantlab train`; returns the results written to results.json."""
     job = Job.current()
-    with locked(job.dir):
+    with locked(job.dir), StopOnSignals() as signals:
         mode = start_mode(cfg.get("resume"), job.dir)
         if mode == "done":  # a sweep resume passing a job that completed
             log.info(f"{job.dir}: completed already; skipped")
@@ -45,10 +45,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         fresh = job.new_results(overrides, choices=job.choices)
         results = {**continued(read_results(job.dir) or fresh), "run_dir": str(job.dir)} if resume else fresh
         with recorded(job.results_path, results, job.started), hinted(job, overrides):
-            return train(cfg, job, results, resume)
+            return train(cfg, job, results, resume, signals)
 
 
-def train(cfg: DictConfig, job: Job, results: dict[str, Any], resume: bool) -> dict[str, Any]:
+def train(
+    cfg: DictConfig, job: Job, results: dict[str, Any], resume: bool, signals: StopOnSignals
+) -> dict[str, Any]:
     """Build, train, test, sweep; fill `results` (written by the caller)."""
     cfg = prepare_train_config(cfg, job.choices, write_to=None if resume else job.dir / RESOLVED)
     ptq_settings, pairs = PTQSettings.from_config(cfg.get("ptq")), sweep_pairs(cfg.bitwidth.get("sweep"))
@@ -57,7 +59,7 @@ def train(cfg: DictConfig, job: Job, results: dict[str, Any], resume: bool) -> d
     if cfg.get("init_from") and not resume:
         load_init(model, str(cfg.init_from))
     run_ptq, sweep = wants_sweep(ptq_settings, method.traits, pairs), None
-    with training(model, method, data, cfg, job.dir, resume, job.started) as (trainer, runlog):
+    with training(model, method, data, cfg, job.dir, resume, job.started, signals) as (trainer, runlog):
         trainer.fit()
         test = trainer.test()
         report = method.report(trainer.model)

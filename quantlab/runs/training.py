@@ -50,10 +50,12 @@ def training(
     run_dir: Path,
     resume: bool,
     started: float,
+    signals: StopOnSignals | None = None,
 ) -> Iterator[tuple[Trainer, RunLog]]:
     """A Trainer for `cfg` writing into `run_dir`, and its RunLog (closed on leaving). With `resume`,
     both continue from checkpoints/last.pt: what was logged after it is dropped and logged again.
-    `started` (perf_counter) is when this session began: its wall time adds to the run's."""
+    `started` (perf_counter) is when this session began: its wall time adds to the run's; `signals`
+    (when given) stops the trainer at a step boundary."""
     state = checkpoint.load(run_dir / "checkpoints" / "last.pt") if resume else None
     position = state.get("log_position") if state else None
     with RunLog(run_dir, state["clock"]["step"] if state else None, position) as runlog:
@@ -67,35 +69,42 @@ def training(
             f"{type(method).__name__} on {data.name} with {type(model).__name__}: "
             f"{trainer.epochs} epochs, {trainer.total_steps} steps, device {trainer.device}"
         )
-        with stop_on_signals(trainer):
-            yield trainer, runlog
+        if signals is not None:
+            signals.trainer = trainer
+        yield trainer, runlog
 
 
-@contextlib.contextmanager
-def stop_on_signals(trainer: Trainer) -> Iterator[None]:
-    """SIGINT and SIGTERM (what SLURM sends before preemption): while the trainer trains, it stops at
-    the next step boundary and writes last.pt; otherwise (test, PTQ) the run stops at once. A second
-    signal gets the default behaviour."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be installed in the main thread (e.g. not in joblib workers)
-        return
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+class StopOnSignals:
+    """SIGINT and SIGTERM (what SLURM sends before preemption) for a run's whole life: while its
+    trainer trains, the trainer stops at the next step boundary and writes last.pt; at any other time
+    (loading data, testing, the PTQ sweep) the run stops at once. Either way it ends as Interrupted
+    (status interrupted, exit 130 / 143). A second signal gets the default behaviour."""
 
-    def handler(signum: int, frame: Any) -> None:
-        for s, h in previous.items():
+    def __init__(self) -> None:
+        self.trainer: Trainer | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignals:
+        if threading.current_thread() is threading.main_thread():  # e.g. not in joblib's threads
+            self.previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+            for s in STOP_SIGNALS:
+                signal.signal(s, self.handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        for s, h in self.previous.items():
             signal.signal(s, h)
-        if trainer.fitting:
-            trainer.stop_requested = signum
+        self.previous = {}
+
+    def handler(self, signum: int, frame: Any) -> None:
+        self.restore()
+        if self.trainer is not None and self.trainer.fitting:
+            self.trainer.stop_requested = signum
         else:
-            raise Interrupted(f"stopped by {signal.Signals(signum).name} after training", signum)
-
-    for s in STOP_SIGNALS:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+            raise Interrupted(f"stopped by {signal.Signals(signum).name}", signum)
 
 
 def record_report(
