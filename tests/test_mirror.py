@@ -399,3 +399,17 @@ def test_init_from_a_float_run(tmp_path):
     )
     with pytest.raises(ConfigError, match="init_from"):
         load_init(target, str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_weight_quantizer_defaults_to_binary_and_the_command_line_wins(method):
+    assert compose([f"method={method}"]).bitwidth.name == "binary"
+    assert compose([f"method={method}", "bitwidth=ternary"]).bitwidth.name == "ternary"
+    assert compose(["method=float"]).bitwidth.name == "w8a8"
+
+
+def test_an_unsupported_pair_names_the_method_the_user_chose():
+    with pytest.raises(Exception) as info:
+        build_method("pq_star", "w8a8")
+    err = info.value.__cause__ or info.value
+    assert "method=pq_star supports bitwidth=binary or ternary only" in str(err)

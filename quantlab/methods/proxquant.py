@@ -62,8 +62,10 @@ class PQ(WeightQuantizer):
         reg_rate: float = 1e-4,
         freeze_epoch: int | None = None,
         ternary_levels: str = "fixed",
+        name: str = "pq",
         **kwargs: Any,
     ) -> None:
+        self.name = name  # pq or pq_star: how its messages call it
         super().__init__(*args, **kwargs)
         if reg_rate < 0:
             raise ConfigError(f"method.reg_rate={reg_rate}: must be >= 0")
