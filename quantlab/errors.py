@@ -27,6 +27,10 @@ class ConfigError(QuantlabError):
     """A config value outside what is allowed; the message names the field."""
 
 
+class MissingSetting(ConfigError):
+    """A setting given to a config node (e.g. method.strength) that its class does not take."""
+
+
 class RunFailed(QuantlabError):
     """A run that cannot go on (it diverged, a write failed); results.json says `failed`."""
 

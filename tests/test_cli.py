@@ -173,3 +173,19 @@ def test_paper_preset_rows_in_a_real_multirun(workdir):
     assert cfgs["md_tanh_s"]["schedule"]["beta"]["interval"] == 200  # Table 8, CIFAR-10 ResNet-18
     assert cfgs["bc"]["schedule"]["lr"]["scale"] == 0.3
     assert cfgs["md_tanh_s"]["model"]["bn_affine"] is False
+
+
+def test_a_grid_over_methods_takes_a_key_only_some_of_them_have(workdir):
+    """method.strength is l1's, not float's: the l1 job runs, the float job fails alone in one line."""
+    sweep = workdir / "sweep"
+    proc = quantlab(
+        "train", "-m", "method=l1,float", "method.strength=1e-6", *FAST, f"hydra.sweep.dir={sweep}",
+        cwd=workdir, check=False,
+    )  # fmt: skip
+    warning = [line for line in proc.stderr.splitlines() if "warning: job 1" in line]
+    assert len(warning) == 1 and "method.strength: method=float has no such setting" in warning[0]
+    l1, float_ = results(sweep / "0"), results(sweep / "1")
+    assert l1["status"] == "completed" and l1["choices"]["method"] == "l1"
+    assert float_["status"] == "failed" and float_["error"].startswith("method.strength: method=float")
+    typo = quantlab("train", "-m", "method=l1,float", "method.strenght=1", cwd=workdir, check=False)
+    assert typo.returncode == 2 and "Could not override 'method.strenght'" in typo.stderr

@@ -55,7 +55,7 @@ def train(
     cfg = prepare_train_config(cfg, job.choices, write_to=None if resume else job.dir / RESOLVED)
     ptq_settings, pairs = PTQSettings.from_config(cfg.get("ptq")), sweep_pairs(cfg.bitwidth.get("sweep"))
     seed_everything(int(cfg.seed))
-    data, model, method = build(cfg.dataset), build(cfg.model), build(cfg.method)
+    data, model, method = build(cfg.dataset), build(cfg.model), build(cfg.method, "method")
     if cfg.get("init_from") and not resume:
         load_init(model, str(cfg.init_from))
     run_ptq, sweep = wants_sweep(ptq_settings, method.traits, pairs), None

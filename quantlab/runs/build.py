@@ -14,14 +14,16 @@ from omegaconf import DictConfig
 from torch import nn
 
 from quantlab.engine import checkpoint
-from quantlab.errors import ConfigError, QuantlabError
+from quantlab.errors import ConfigError, MissingSetting, QuantlabError
 from quantlab.methods.base import Method
 
 log = logging.getLogger("quantlab")
 
 
-def build(node: DictConfig) -> Any:
-    """instantiate(), with a builder's own check (a ValueError or QuantlabError) as a one-line error."""
+def build(node: DictConfig, field: str | None = None) -> Any:
+    """instantiate(), with a builder's own check (a ValueError or QuantlabError) as a one-line error,
+    and a setting its class does not take as a MissingSetting naming it (`field`: the node's key in
+    the config, e.g. "method", and so the choice, e.g. method=float)."""
     try:
         return instantiate(node)
     except InstantiationException as e:
@@ -30,7 +32,40 @@ def build(node: DictConfig) -> Any:
             raise cause from None
         if isinstance(cause, ValueError):
             raise ConfigError(str(cause)) from None
+        extra = _settings_not_taken(node) if isinstance(cause, TypeError) and field else []
+        if extra:
+            target = str(node.get("_target_", "?"))
+            raise MissingSetting(
+                f"{field}.{extra[0]}: {field}={_choice(field) or target} has no such setting ({target} "
+                f"takes none called {extra[0]!r}); drop it for this {field}"
+            ) from None
         raise
+
+
+def _settings_not_taken(node: DictConfig) -> list[str]:
+    """The keys of a `_target_` node that its callable does not accept."""
+    import inspect
+
+    from hydra.utils import get_method
+
+    try:
+        params = inspect.signature(get_method(str(node["_target_"]))).parameters.values()
+    except (ValueError, TypeError, ImportError, KeyError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return []
+    names = {p.name for p in params}
+    return [k for k in node if not str(k).startswith("_") and k not in names]
+
+
+def _choice(group: str) -> str | None:
+    """The option Hydra chose for a config group (None outside a composed config)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return str(HydraConfig.get().runtime.choices.get(group))
+    except ValueError:
+        return None
 
 
 def load_init(model: nn.Module, source: str) -> None:

@@ -53,7 +53,7 @@ def check_train(overrides: list[str]) -> DictConfig:
     cfg = prepare_train_config(cfg, choices, write_to=None)
     settings, pairs = PTQSettings.from_config(cfg.get("ptq")), sweep_pairs(cfg.bitwidth.get("sweep"))
     resolve_device(str(cfg.device))
-    wants_sweep(settings, build(cfg.method).traits, pairs)
+    wants_sweep(settings, build(cfg.method, "method").traits, pairs)
     init_from = cfg.get("init_from")
     if init_from and not Path(str(init_from)).expanduser().exists():
         raise ConfigError(f"init_from={init_from}: no such run directory or checkpoint file")

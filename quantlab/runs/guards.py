@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from quantlab.engine import lock
-from quantlab.errors import ConfigError, QuantlabError, parse_sweep
+from quantlab.errors import ConfigError, MissingSetting, QuantlabError, parse_sweep
 from quantlab.runs.checks import check_train, compose_checked
 from quantlab.runs.config import RESOLVED, override_key, resume_config
 from quantlab.runs.results import read_results
@@ -148,6 +149,31 @@ def auto_args(args: list[str]) -> list[str]:
     return with_dir(args, "hydra.run.dir", run_dir)
 
 
+def force_method_settings(args: list[str]) -> list[str]:
+    """A grid over methods may set a key that only some of them have (`-m method=foothill,l1,float
+    method.strength=1e-6`): such an override is forced in (`++`) so that every job composes, and a job
+    whose method lacks the key fails alone with one line naming both. A key no method of the grid has
+    stays as it is (a typo: Hydra's one-line error before anything runs)."""
+    from omegaconf import OmegaConf
+
+    task = task_overrides(args)
+    settings = [a for a in task if a.startswith("method.") and "=" in a]
+    if not settings:
+        return args
+    methods = {value_of(job, "method") for job in plan_jobs(task)}
+    nodes = {m: compose_checked([f"method={m}"] if m else []).method for m in methods}
+    forced = []
+    for setting in settings:
+        key = setting.split("=", 1)[0].removeprefix("method.")
+        have = [m for m, node in nodes.items() if OmegaConf.select(node, key, default=_ABSENT) is not _ABSENT]
+        if have and len(have) < len(nodes):
+            forced.append(setting)
+    return [f"++{a}" if a in forced else a for a in args]
+
+
+_ABSENT = object()
+
+
 def plan_jobs(overrides: list[str]) -> list[list[str]]:
     """Every job of a grid, in Hydra's own order (its basic sweeper's): job k runs in <sweep dir>/k."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -189,10 +215,16 @@ def sweep_args(args: list[str], resume: str | None) -> list[str]:
             f"hydra.sweep.dir={sweep_dir}: already holds runs; pick a new directory, or continue that sweep "
             f"with: quantlab train -m hydra.sweep.dir={sweep_dir} resume=auto"
         )
+    args = force_method_settings(args)
     jobs = plan_jobs(task_overrides(args))
     for num, job in enumerate(jobs):
         try:
             check_train(job)
+        except MissingSetting as e:  # this job alone will fail, with this line; the others run
+            print(
+                f"quantlab train: warning: job {num} ({' '.join(without(job, 'resume'))}): {e}",
+                file=sys.stderr,
+            )
         except ConfigError as e:
             raise ConfigError(f"job {num} ({' '.join(without(job, 'resume'))}): {e}") from None
     lock.hold(sweep_dir, "sweep directory")
