@@ -20,6 +20,7 @@ from quantlab.errors import ConfigError, MissingSetting, QuantlabError, parse_sw
 from quantlab.runs.checks import check_train, compose_checked
 from quantlab.runs.config import RESOLVED, override_key, resume_config
 from quantlab.runs.results import read_results
+from quantlab.runs.training import start_mode
 
 #: Hydra flags that print something and run nothing: no guard applies.
 HYDRA_INFO = {"-h", "--help", "--hydra-help", "-c", "--cfg", "--info", "-i", "--shell-completion", "-sc"}
@@ -140,9 +141,10 @@ def auto_args(args: list[str]) -> list[str]:
     if not given:
         raise ConfigError("resume=auto: give the run directory to continue or start, hydra.run.dir=<dir>")
     run_dir = Path(given).expanduser().resolve()
-    if (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / RESOLVED).is_file():
-        if read_results(run_dir).get("status") == "completed":
-            raise NothingToDo(f"{run_dir}: the run completed already; nothing to do")
+    mode = start_mode("auto", run_dir)  # the same decision each job of a sweep resume makes
+    if mode == "done":
+        raise NothingToDo(f"{run_dir}: the run completed already; nothing to do")
+    if mode == "resume":
         return resume_args(without(args, "resume"), str(run_dir))
     check_train(task_overrides(args))
     lock.hold(run_dir)

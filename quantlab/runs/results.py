@@ -28,8 +28,6 @@ from typing import Any
 from quantlab.engine.files import write_json_atomic
 from quantlab.errors import QuantlabError, WriteFailed
 
-STATUSES = ("running", "completed", "failed", "interrupted")
-
 
 def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
     """A run's results.json as a dict; {} when it is missing or not a well-formed JSON object."""

@@ -21,6 +21,7 @@ from quantlab.engine.settings import TrainerSettings
 from quantlab.engine.trainer import Trainer
 from quantlab.errors import Interrupted
 from quantlab.methods.base import Method
+from quantlab.runs.config import RESOLVED
 from quantlab.runs.results import read_results
 from quantlab.runs.runlog import RunLog, flatten, numbers
 
@@ -37,7 +38,8 @@ def start_mode(resume: Any, run_dir: Path) -> str:
     if str(resume) == "auto":
         if read_results(run_dir).get("status") == "completed":
             return "done"
-        return "resume" if (run_dir / "checkpoints" / "last.pt").is_file() else "new"
+        resumable = (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / RESOLVED).is_file()
+        return "resume" if resumable else "new"
     return "resume"
 
 
