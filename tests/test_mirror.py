@@ -242,24 +242,44 @@ def test_prox_binary_closed_form():
 
 
 def test_prox_nearest_solves_its_problem():
-    """prox(w) = argmin_x ½(x − w)² + s·½ dist(x, Q)², checked on a fine grid."""
+    """prox(w) = argmin_{x ∈ [−1, 1]} ½(x − w)² + s·½ dist(x, Q)², checked on a fine grid (the public
+    code clips to [−1, 1] after every prox)."""
     q = torch.tensor([-1.0, 0.0, 1.0])
-    grid = torch.linspace(-2, 2, 40001)
+    grid = torch.linspace(-1, 1, 20001)
     dist2 = ((grid[:, None] - q) ** 2).min(1).values
-    for w in (-1.4, -0.6, -0.2, 0.1, 0.45, 0.8, 1.3):
+    for w in (-1.4, -0.6, -0.2, 0.1, 0.45, 0.8, 1.3, 3.0):
         for s in (0.1, 1.0, 4.0):
             objective = 0.5 * (grid - w) ** 2 + s * 0.5 * dist2
             best = grid[objective.argmin()]
             assert abs(prox_nearest(torch.tensor([w]), s, q).item() - best.item()) < 2e-4
 
 
-def test_adaptive_ternarization():
-    w = torch.tensor([-1.0, -0.1, 0.05, 0.2, 0.9, 0.0])
-    delta = 0.7 * w.abs().mean()
+def _public_ternarize(a: torch.Tensor) -> torch.Tensor:
+    """ProxQuant's reg.py `ternarize` (delta_method='mean'), re-derived step by step."""
+    out = a.clone()
+    delta = a.abs().mean() * 0.7
+    out.masked_fill_(a.abs() < delta, 0)
+    inds_p, inds_n = a >= delta, a <= -delta
+    out.masked_fill_(inds_p, a[inds_p].mean())
+    out.masked_fill_(inds_n, a[inds_n].mean())
+    return out
+
+
+def test_adaptive_ternarization_is_the_public_codes():
+    """Separate means for the positive and negative levels (skewed weights give two magnitudes), and
+    the prox (w + s·ternarize(w)) / (1 + s) clipped to [−1, 1] like the public code's bin_op.clip()."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.cat([torch.randn(500, generator=g) * 0.3 + 0.05, torch.tensor([1.7, -2.4, 0.0])])
     t = ternarize_adaptive(w)
-    alpha = w.abs()[w.abs() > delta].mean()
-    torch.testing.assert_close(t, alpha * torch.sign(w) * (w.abs() > delta))
-    torch.testing.assert_close(prox_adaptive(w, 1.0), (w + t) / 2)
+    torch.testing.assert_close(t, _public_ternarize(w))
+    pos, neg = t[t > 0].unique(), t[t < 0].unique()
+    assert pos.numel() == 1 and neg.numel() == 1 and abs(float(pos + neg)) > 0.01  # two levels
+    for s in (0.1, 1.0, 5.0):
+        expected = ((w + _public_ternarize(w) * s) / (1 + s)).clamp(-1, 1)
+        torch.testing.assert_close(prox_adaptive(w, s), expected)
+    assert prox_adaptive(w, 0.1).abs().max() <= 1
+    # a side with no weight beyond Δ has no level (the public code would take the mean of nothing: NaN)
+    torch.testing.assert_close(ternarize_adaptive(torch.tensor([0.0, 1.0])), torch.tensor([0.0, 1.0]))
 
 
 # -- export, scope, β -----------------------------------------------------------------------------------
@@ -293,9 +313,8 @@ def test_exported_tensors_hold_only_levels(method, bitwidth, tmp_path):
     assert not any("parametrizations" in k for k in exported.state_dict())
     for path, name in m.targets:
         values = getattr(exported.get_submodule(path), name).detach()
-        if getattr(m, "adaptive", False):  # ProxQuant's own ternary levels: α·{-1, 0, 1}, one α per tensor
-            nonzero = values[values != 0].abs()
-            assert nonzero.numel() == 0 or torch.allclose(nonzero, nonzero[0].expand_as(nonzero))
+        if getattr(m, "adaptive", False):  # ProxQuant's own ternary levels: {α₋, 0, α₊} per tensor
+            assert (values[values > 0].unique().numel() <= 1) and (values[values < 0].unique().numel() <= 1)
         else:
             assert set(values.unique().tolist()) <= levels, (path, name)
     # The exported network is a plain copy: the trained one still works and is unchanged.

@@ -24,21 +24,25 @@ def prox_binary(w: Tensor, strength: float) -> Tensor:
 
 
 def prox_nearest(w: Tensor, strength: float, levels: Tensor) -> Tensor:
-    """Prox of strength·½ dist(w, Q)²: (w + strength·T(w)) / (1 + strength), T the nearest level."""
-    return (w + strength * hard_nearest(w, levels)) / (1.0 + strength)
+    """Prox of strength·½ dist(w, Q)²: (w + strength·T(w)) / (1 + strength), T the nearest level, then
+    clipped to [−1, 1] like every prox of the public code (its `bin_op.clip()` after each one)."""
+    return ((w + strength * hard_nearest(w, levels)) / (1.0 + strength)).clamp(-1.0, 1.0)
 
 
 def ternarize_adaptive(w: Tensor) -> Tensor:
-    """ProxQuant's (TWN-style) ternarization: Δ = 0.7·mean|w|, level α = mean of |w| beyond Δ (per tensor)."""
+    """ProxQuant's `ternarize` (public code, reg.py), per tensor: Δ = 0.7·mean|w|; 0 where |w| < Δ;
+    the weights ≥ Δ take the mean of the weights ≥ Δ (α₊) and those ≤ −Δ the mean of those (α₋ < 0):
+    two levels, not one symmetric α. A side with no weight beyond Δ has nothing to take its mean."""
     delta = 0.7 * w.abs().mean()
-    mask = w.abs() > delta
-    alpha = w.abs()[mask].mean() if mask.any() else w.new_zeros(())
-    return alpha * torch.sign(w) * mask
+    pos, neg = w >= delta, w <= -delta
+    alpha_pos = w[pos].mean() if pos.any() else w.new_zeros(())
+    alpha_neg = w[neg].mean() if neg.any() else w.new_zeros(())
+    return torch.where(pos, alpha_pos, torch.where(neg, alpha_neg, w.new_zeros(())))
 
 
 def prox_adaptive(w: Tensor, strength: float) -> Tensor:
-    """The public code's ternary prox: (w + strength·ternarize(w)) / (1 + strength)."""
-    return (w + strength * ternarize_adaptive(w)) / (1.0 + strength)
+    """The public code's ternary prox: (w + strength·ternarize(w)) / (1 + strength), then clip to [−1, 1]."""
+    return ((w + strength * ternarize_adaptive(w)) / (1.0 + strength)).clamp(-1.0, 1.0)
 
 
 class PQ(WeightQuantizer):
@@ -48,8 +52,9 @@ class PQ(WeightQuantizer):
     size is the current learning rate times λ_t. Binary: the W-shaped regularizer's prox
     (`prox_binary`); ternary: the prox of the squared distance to Q = {−1, 0, 1} (`prox_nearest`,
     the MD paper's fully quantized "PQ"), or with `ternary_levels: adaptive` the public code's
-    per-tensor levels α·{−1, 0, 1} (`prox_adaptive`, ProxQuant's own setup, "PQ*"; exported tensors
-    then hold α·Q, one α per tensor).
+    per-tensor levels {α₋, 0, α₊} (`prox_adaptive`, ProxQuant's own setup, "PQ*"; exported tensors
+    then hold two nonzero values per tensor, the means of the weights beyond ±Δ). As in the public
+    code, the weights are clipped to [−1, 1] after every prox.
     From `freeze_epoch` on, the weights are hard-quantized after every step (ProxQuant's final
     hard-quantization phase). Export: the nearest level (sign / thresholds ±0.5).
     """
