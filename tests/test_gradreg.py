@@ -120,21 +120,26 @@ def _exact_and_fd(cls, eps: float, dtype=torch.float32):
     return grads
 
 
-@pytest.mark.parametrize("cls", [GradL1, GradL2])
-def test_finite_difference_option_agrees_with_double_backprop(cls):
-    """The documented tolerance: the penalty gradients agree to 5 % (relative ℓ2) at ε = 1e-4."""
-    grads = _exact_and_fd(cls, 1e-4)
+def _penalty_gradient_error(cls, eps: float) -> float:
+    """‖∇_fd − ∇_exact‖ / ‖∇_exact − ∇L‖: the relative error of the penalty's gradient by FD."""
+    grads = _exact_and_fd(cls, eps)
     (exact, value_exact), (fd, value_fd) = grads["exact"], grads["fd"]
     assert value_fd == pytest.approx(value_exact, rel=1e-5)
-    # compare the penalty parts: subtract the task gradient
-    model = _tiny(dtype=torch.float32)
+    for a, b in zip(grads["exact_bn"], grads["fd_bn"], strict=True):  # one BN update per step
+        torch.testing.assert_close(a, b)
+    model = _tiny(dtype=torch.float32)  # the task gradient, to compare the penalty parts alone
     x, y = _batch(torch.float32, n=32)
     F.cross_entropy(model(x), y).backward()
     task = torch.cat([p.grad.flatten() for p in model.parameters()])
-    rel = float((fd - exact).norm() / (exact - task).norm())
-    assert rel < 0.05, rel
-    for a, b in zip(grads["exact_bn"], grads["fd_bn"], strict=True):  # one BN update per step
-        torch.testing.assert_close(a, b)
+    return float((fd - exact).norm() / (exact - task).norm())
+
+
+@pytest.mark.parametrize("cls", [GradL1, GradL2])
+def test_finite_difference_option_agrees_with_double_backprop(cls):
+    """The documented tolerance: the penalty gradients agree to 1 % (relative ℓ2) at the default ε in
+    float32, for ℓ1 (v = λ·sign g) and for ℓ2 (v = λ·g/‖g‖₂, whose entries are far below λ: the step
+    is scaled by ‖v‖∞ so that the largest shift is ε·λ either way)."""
+    assert _penalty_gradient_error(cls, 1e-4) < 0.01
 
 
 def test_last_epochs_gate_the_penalty():
