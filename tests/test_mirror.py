@@ -15,6 +15,7 @@ from quantlab.methods.mirror import MirrorAdam, md_softmax_update, md_tanh_updat
 from quantlab.methods.proxquant import prox_adaptive, prox_binary, prox_nearest, ternarize_adaptive
 from quantlab.methods.weights import BINARY, TERNARY, WeightQuantizer
 from quantlab.quant import projections as P
+from quantlab.runs.build import build
 from quantlab.runs.config import compose, group_options
 from quantlab.runs.runlog import RunLog
 from tests.conftest import REPO, make_trainer
@@ -41,7 +42,7 @@ PAIRS = [(m, b) for m in METHODS for b in ("binary", "ternary") if (m, b) not in
 
 
 def build_method(name: str, bitwidth: str, *extra: str):
-    return instantiate(compose([f"method={name}", f"bitwidth={bitwidth}", *extra]).method)
+    return build(compose([f"method={name}", f"bitwidth={bitwidth}", *extra]).method, "method")
 
 
 def eq15(w: torch.Tensor, g: torch.Tensor, eta: float, beta: float) -> torch.Tensor:
@@ -228,6 +229,58 @@ def test_binary_connect():
         method.aux(model, "weight").mul_(10)
     method.on_step(model, 0, 0)
     assert method.aux(model, "weight").abs().max() <= 1  # latent weights clipped
+
+
+def test_binary_connect_without_clipping_only_masks_the_gradient():
+    """md-bnn's BC (the MD tables' row): latent weights beyond ±1 stay there; their gradient is 0."""
+    model, x, y = _tiny()
+    method = build_method("bc", "binary", "method.clip=false")
+    method.prepare(model)
+    with torch.no_grad():
+        method.aux(model, "weight").mul_(10)
+    before = method.aux(model, "weight").detach().clone()
+    method.on_step(model, 0, 0)
+    torch.testing.assert_close(method.aux(model, "weight"), before)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    grad = method.aux(model, "weight").grad
+    assert (grad[before.abs() > 1] == 0).all() and (grad[before.abs() <= 1] != 0).any()
+
+
+@pytest.mark.parametrize("name", ["md_softmax_s", "pmf", "md_softmax"])
+def test_lift_init_independent_draws_each_level_from_the_md_init(name):
+    """lift_init=product: ũ⁰ = w⁰·q; independent (md-bnn): each level's ũ⁰_λ ~ xavier_uniform of a tensor
+    shaped like w (bound √(6/(fan_in + fan_out))), drawn apart from the others and from w."""
+    torch.manual_seed(0)
+    w = torch.empty(200, 300)
+    nn.init.xavier_uniform_(w)
+    q = torch.tensor(TERNARY)
+    torch.testing.assert_close(build_method(name, "ternary").lift(w), w[..., None] * q)
+    u = build_method(name, "ternary", "method.lift_init=independent").lift(w)
+    bound = math.sqrt(6 / (300 + 200))
+    assert u.shape == (200, 300, 3) and u.abs().max() <= bound
+    for level in range(3):
+        assert float(u[..., level].std()) == pytest.approx(bound / math.sqrt(3), rel=0.02)
+    corr = torch.corrcoef(torch.cat([u, w[..., None]], -1).reshape(-1, 4).T)
+    assert corr.sub(torch.eye(4)).abs().max() < 0.02  # independent of each other and of w
+    bias = build_method(name, "ternary", "method.lift_init=independent").lift(torch.zeros(5000))
+    assert float(bias.std()) == pytest.approx(0.1, rel=0.05)  # 1-D: normal(0, 0.1)
+    with pytest.raises(ConfigError, match="method.lift_init=independent"):
+        build_method(name, "ternary", "method.lift_init=independent", "method.init=keep")
+    with pytest.raises(ConfigError, match="method.lift_init='w'"):
+        build_method(name, "ternary", "method.lift_init=w")
+
+
+def test_md_softmax_s_attaches_the_independent_lift():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 30))
+    method = build_method("md_softmax_s", "binary", "method.lift_init=independent")
+    method.prepare(model)
+    u = method.aux(model[0], "weight").detach()
+    assert u.shape == (30, 40, 2) and corr_of(u[..., 0], u[..., 1]) < 0.2
+
+
+def corr_of(a: torch.Tensor, b: torch.Tensor) -> float:
+    return abs(float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]))
 
 
 def test_prox_binary_closed_form():

@@ -21,7 +21,6 @@ tanh(atanh(w) − βηg) exactly (since r = e^{2 atanh w}); `md_tanh_update` com
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import torch
@@ -29,7 +28,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from quantlab.errors import ConfigError
-from quantlab.methods.weights import BINARY, TERNARY, WeightQuantizer
+from quantlab.methods.weights import BINARY, TERNARY, WeightQuantizer, init_md
 from quantlab.quant.projections import (
     hard_argmax,
     hard_sign,
@@ -88,7 +87,50 @@ def _lift(w: Tensor, levels: Tensor) -> Tensor:
     return w.unsqueeze(-1) * levels.to(w.device, w.dtype)
 
 
-class _SoftmaxFamily(WeightQuantizer):
+def _independent_lift(w: Tensor, levels: Tensor, gain: float) -> Tensor:
+    """Initial lifted variables drawn level by level: ũ_λ ~ the MD init (xavier_uniform for ≥ 2-D
+    tensors, normal(0, 0.1) for 1-D) of a tensor shaped like w, independently for each λ (md-bnn)."""
+    draws = []
+    for _ in range(len(levels)):
+        draw = torch.empty_like(w)
+        init_md(draw, gain)
+        draws.append(draw)
+    return torch.stack(draws, dim=-1)
+
+
+LIFT_INITS = ("product", "independent")
+
+
+class _Lifted(WeightQuantizer):
+    """Methods whose variables live in the lifted space of one coordinate per level (ũ or u).
+
+    `lift_init` sets ũ⁰: `product` lifts the network's initial weights, ũ_λ = w·q_λ (for binary,
+    softmax(ũ)·q = tanh(w): the same start as the tanh methods); `independent` draws each level's
+    ũ_λ from the MD init on its own, as md-bnn does (its softmax-projection code: MD-softmax-S and
+    PMF*). `independent` ignores the network's weights, so it needs method.init=xavier.
+    """
+
+    def __init__(self, *args: Any, lift_init: str = "product", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if lift_init not in LIFT_INITS:
+            raise ConfigError(
+                f"method.lift_init={lift_init!r}: must be product (w·q) or independent (md-bnn)"
+            )
+        if lift_init == "independent" and self.init != "xavier":
+            raise ConfigError(
+                "method.lift_init=independent: draws a fresh init, so it needs method.init=xavier, "
+                f"not {self.init}"
+            )
+        self.lift_init = lift_init
+
+    def lift(self, w: Tensor) -> Tensor:
+        """ũ⁰ from the layer's initial tensor w (see `lift_init`)."""
+        if self.lift_init == "independent":
+            return _independent_lift(w, self.levels, self.init_gain)
+        return _lift(w, self.levels)
+
+
+class _SoftmaxFamily(_Lifted):
     """softmax(β ũ) over any level set Q; export: q[argmax ũ]."""
 
     supported = (BINARY, TERNARY)
@@ -98,7 +140,7 @@ class _SoftmaxFamily(WeightQuantizer):
     def attach(self, module: nn.Module, name: str) -> None:
         levels = self.levels
         fn = self.project
-        self.parametrize(module, name, lambda u, beta: fn(u, beta, levels), partial(_lift, levels=levels))
+        self.parametrize(module, name, lambda u, beta: fn(u, beta, levels), self.lift)
 
     def hard(self, aux: Tensor) -> Tensor:
         return hard_argmax(aux, self.levels.to(aux.device))
@@ -108,6 +150,7 @@ class MDSoftmaxS(_SoftmaxFamily):
     """MD-softmax-S — Eq. 23 in the lifted space: u = softmax(β ũ), w = u·q, ũ ← ũ − η ∂L/∂u.
 
     The softmax Jacobian is replaced by the identity: ∂L/∂ũ_λ = (∂L/∂w)·q_λ. Export: argmax.
+    ũ⁰: `lift_init` (product w·q by default; independent per level as md-bnn, set by the MD presets).
     """
 
     name = "md_softmax_s"
@@ -257,10 +300,11 @@ class MDTanh(_ExactMirror):
         return hard_sign(aux)
 
 
-class MDSoftmax(_ExactMirror):
+class MDSoftmax(_ExactMirror, _Lifted):
     """MD-softmax — exponentiated gradient (Eq. 20) on u ∈ Δ per weight, w = u·q; export: argmax u.
 
-    u^0 = softmax(β ũ^0) with ũ^0 = w^0·q (so that binary starts at w = tanh(β w^0)).
+    u^0 = softmax(β ũ^0) with ũ^0 = w^0·q (so that binary starts at w = tanh(β w^0)), or with
+    `lift_init: independent` each ũ^0_λ drawn on its own (see `_Lifted`).
     """
 
     name = "md_softmax"
@@ -270,7 +314,7 @@ class MDSoftmax(_ExactMirror):
         levels = self.levels
 
         def to_simplex(w: Tensor) -> Tensor:
-            return torch.softmax(self.beta.value * _lift(w, levels), dim=-1)
+            return torch.softmax(self.beta.value * self.lift(w), dim=-1)
 
         self.parametrize(module, name, lambda u, beta: u @ levels, to_simplex)
 
