@@ -385,7 +385,8 @@ def test_layerwise_scale_and_scope(tmp_path):
         "binary",
         tmp_path,
         "method.scope.layerwise_scale=true",
-        "method.scope.first_last=false",
+        "method.scope.first=false",
+        "method.scope.last=false",
         "method.scope.bias=false",
     )
     m = trainer.method
@@ -399,6 +400,36 @@ def test_layerwise_scale_and_scope(tmp_path):
         assert len(values) <= 2 and torch.allclose(values.abs(), scale.abs().expand_as(values))
     first = exported.get_submodule(layers[0]).weight
     assert len(first.unique()) > 3  # left in float
+
+
+def _quantized_paths(overrides: list[str]) -> tuple[set[tuple[str, str]], list[str]]:
+    cfg = compose(overrides)
+    model = build(cfg.model, "model")
+    method = build(cfg.method, "method")
+    method.prepare(model)
+    layers = [n for n, mod in model.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
+    return set(method.targets), layers
+
+
+def test_first_and_last_are_separate_scope_flags():
+    targets, layers = _quantized_paths(["method=md_tanh_s", "model=resnet18", "method.scope.last=false"])
+    assert (layers[0], "weight") in targets and (layers[-1], "weight") not in targets
+    targets, layers = _quantized_paths(["method=md_tanh_s", "model=resnet18", "method.scope.first=false"])
+    assert (layers[0], "weight") not in targets and (layers[-1], "weight") in targets
+
+
+def test_pq_star_scope_is_the_md_papers():
+    """Table 1 (binary) PQ*: biases, the last FC and shortcuts in float, the first conv quantized;
+    Table 5 (ternary) PQ*: the first conv, the last FC and shortcuts in float."""
+    targets, layers = _quantized_paths(["method=pq_star", "model=resnet18"])
+    names = {p for p, _ in targets}
+    assert (layers[0], "weight") in targets and layers[-1] not in names
+    assert not any(n == "bias" for _, n in targets) and not any("downsample" in p for p in names)
+    for table in ("md_t1", "md_t5"):
+        cfg = compose([f"experiment={table}_cifar10_resnet18", "method=pq_star"])
+        scope = cfg.method.scope
+        assert (scope.first, scope.last, scope.shortcut) == (table == "md_t1", False, False), table
+        assert scope.bias is False or table == "md_t5"
 
 
 def test_quantized_methods_use_batch_norm_without_parameters():

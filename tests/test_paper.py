@@ -98,7 +98,7 @@ def test_selector_values_null_any_numbers_and_booleans():
     assert not matches({"init_from": "*"}, {}.get)
     assert matches({"method.strength": 1.0e-4}, {"method.strength": "1e-4"}.get)  # an override's text
     assert not matches({"method.strength": 1.0e-4}, {"method.strength": 1.0e-3}.get)
-    assert matches({"method.scope.first_last": True}, {"method.scope.first_last": "true"}.get)
+    assert matches({"method.scope.first": True}, {"method.scope.first": "true"}.get)
     assert matches({"method": "bc"}, {"method": "bc"}.get) and not matches(
         {"method": "bc"}, {"method": "pq"}.get
     )
@@ -108,7 +108,7 @@ def test_paper_table_cells_ours_paper_and_difference(tmp_path):
     """MD Table 1 from five fake runs: the matching setting's column gets our mean ± std, the paper's
     number and the difference; a digits run is outside the strict table; a failed run is shown."""
     cifar = {"dataset": "cifar10", "model": "resnet18"}
-    base = {"method": {"scope": {"first_last": True}}}
+    base = {"method": {"scope": {"first": True, "last": True}}}
     _write_run(
         tmp_path / "a", {**cifar, "method": "md_tanh_s", "seed": "0"}, base, **{"test/acc_exported": 93.0}
     )
@@ -145,9 +145,9 @@ def test_paper_table_cells_ours_paper_and_difference(tmp_path):
 
 def test_rows_by_resolved_config_keys(tmp_path):
     """MD Table 3's rows differ by config values (scope, init_from) that only config.yaml holds."""
-    scratch = {"method": {"scope": {"first_last": False}}, "init_from": None}
-    full = {"method": {"scope": {"first_last": True}}, "init_from": None}
-    tuned = {"method": {"scope": {"first_last": False}}, "init_from": "/runs/float/0"}
+    scratch = {"method": {"scope": {"first": False, "last": False}}, "init_from": None}
+    full = {"method": {"scope": {"first": True, "last": True}}, "init_from": None}
+    tuned = {"method": {"scope": {"first": False, "last": False}}, "init_from": "/runs/float/0"}
     for name, config, acc in (("s", scratch, 60.0), ("f", full, 50.0), ("t", tuned, 66.0)):
         _write_run(tmp_path / name, {"method": "md_tanh_s"}, config, **{"test/acc_exported": acc})
     table, outside = build_paper_table(find_runs([tmp_path]), load_paper("md_t3:imagenet/resnet18"))

@@ -156,7 +156,7 @@ class WeightShaping(Method):
         self.factor = float(self.schedule(0, 0))
         # plain: every layer is regularized; binary: first / last kept in float unless asked (Table 2)
         keep_all = (not self.binary) if first_last is None else bool(first_last)
-        self.scope = Scope(first_last=keep_all, bias=False)
+        self.scope = Scope(first=keep_all, last=keep_all, bias=False)
         self.layers: list[str] = []
         # binary: the export is sign(w)·scale, the 1-bit grid; plain: a float network PTQ sweeps
         self.traits = QUANTIZED_1BIT if self.binary else Traits()
@@ -175,7 +175,7 @@ class WeightShaping(Method):
                 binarize = self.forward == "binary"
                 parametrize.register_parametrization(module, "weight", ScaledSign(module.weight, binarize))
             if self.binarize_acts:
-                binarize_activations(model, keep_last=not self.scope.first_last)
+                binarize_activations(model, keep_last=not self.scope.last)
         return model
 
     def own_parameters(self, model: nn.Module) -> tuple[list[nn.Parameter], float | None]:

@@ -37,7 +37,8 @@ LEVEL_NAMES = {BINARY: "binary", TERNARY: "ternary"}
 class Scope:
     """Which tensors are quantized (MD paper Table 4 ablation)."""
 
-    first_last: bool = True  # the first conv and the last FC layer
+    first: bool = True  # the first conv (or linear) layer
+    last: bool = True  # the last linear layer
     bias: bool = True  # biases of conv and linear layers
     shortcut: bool = True  # ResNet downsample (shortcut) convs
     layerwise_scale: bool = False  # a learnable float scale per quantized tensor
@@ -52,7 +53,7 @@ def quantized_layers(model: nn.Module, scope: Scope) -> Iterator[tuple[str, str]
     linears = [n for n, m in layers if isinstance(m, nn.Linear)]
     last = linears[-1] if linears else layers[-1][0]
     for path, module in layers:
-        if not scope.first_last and path in (first, last):
+        if (not scope.first and path == first) or (not scope.last and path == last):
             continue
         if not scope.shortcut and ("downsample" in path or "shortcut" in path):
             continue

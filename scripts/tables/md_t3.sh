@@ -6,12 +6,12 @@ source "$(dirname "$0")/lib.sh"
 if [ "$SCALE" = full ]; then
   grid float experiment=md_t3_imagenet_resnet18 method=float
   grid scratch experiment=md_t3_imagenet_resnet18 method=md_tanh_s
-  grid scratch_all experiment=md_t3_imagenet_resnet18 method=md_tanh_s preset.scope.first_last=true preset.scope.bias=true
+  grid scratch_all experiment=md_t3_imagenet_resnet18 method=md_tanh_s preset.scope.first=true preset.scope.last=true preset.scope.bias=true
   grid finetune experiment=md_t3_imagenet_resnet18_finetune method=md_tanh_s "init_from=$OUT/float/0"
   finish md_t3
 fi
 grid float experiment=digits_md method=float
-grid scratch experiment=digits_md method=md_tanh_s +preset.scope.first_last=false +preset.scope.bias=false
+grid scratch experiment=digits_md method=md_tanh_s +preset.scope.first=false +preset.scope.last=false +preset.scope.bias=false
 grid scratch_all experiment=digits_md method=md_tanh_s
 grid finetune experiment=digits_md method=md_tanh_s "init_from=$OUT/float/0" +preset.init=keep
 finish md_t3:imagenet/resnet18
