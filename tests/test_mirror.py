@@ -421,10 +421,18 @@ def test_first_and_last_are_separate_scope_flags():
 def test_pq_star_scope_is_the_md_papers():
     """Table 1 (binary) PQ*: biases, the last FC and shortcuts in float, the first conv quantized;
     Table 5 (ternary) PQ*: the first conv, the last FC and shortcuts in float."""
-    targets, layers = _quantized_paths(["method=pq_star", "model=resnet18"])
+    targets, layers = _quantized_paths(["method=pq_star", "model=vgg16"])  # conv biases
     names = {p for p, _ in targets}
-    assert (layers[0], "weight") in targets and layers[-1] not in names
-    assert not any(n == "bias" for _, n in targets) and not any("downsample" in p for p in names)
+    assert (
+        (layers[0], "weight") in targets
+        and layers[-1] not in names
+        and not any(n == "bias" for _, n in targets)
+    )
+    targets, layers = _quantized_paths(["method=pq_star", "model=vgg16", "bitwidth=ternary"])
+    names = {p for p, _ in targets}
+    assert layers[0] not in names and layers[-1] not in names and any(n == "bias" for _, n in targets)
+    targets, layers = _quantized_paths(["method=pq_star", "model=resnet18"])
+    assert not any("downsample" in p for p, _ in targets) and any("downsample" in n for n in layers)
     for table in ("md_t1", "md_t5"):
         cfg = compose([f"experiment={table}_cifar10_resnet18", "method=pq_star"])
         scope = cfg.method.scope

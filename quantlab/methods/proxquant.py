@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -9,7 +10,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from quantlab.errors import ConfigError
-from quantlab.methods.weights import WeightQuantizer
+from quantlab.methods.weights import BINARY, TERNARY, WeightQuantizer
 from quantlab.quant.projections import hard_nearest
 
 
@@ -45,6 +46,15 @@ def prox_adaptive(w: Tensor, strength: float) -> Tensor:
     return ((w + strength * ternarize_adaptive(w)) / (1.0 + strength)).clamp(-1.0, 1.0)
 
 
+#: PQ*'s float layers, as the MD paper describes the original ProxQuant setup: Table 1 (binary) keeps
+#: the biases, the last FC and the shortcuts in float; Table 5 (ternary) the first conv, the last FC
+#: and the shortcuts. A scope flag left null (pq_star's YAML) takes these.
+ORIGINAL_SCOPE = {
+    BINARY: {"first": True, "last": False, "bias": False, "shortcut": False},
+    TERNARY: {"first": False, "last": False, "bias": True, "shortcut": False},
+}
+
+
 class PQ(WeightQuantizer):
     """ProxQuant — Eq. 24: x̃ = x − η g (Adam), x = prox(x̃) after every optimizer step.
 
@@ -77,6 +87,8 @@ class PQ(WeightQuantizer):
         if ternary_levels not in ("fixed", "adaptive"):
             raise ConfigError(f"method.ternary_levels={ternary_levels!r}: must be fixed or adaptive")
         self.adaptive = ternary_levels == "adaptive" and self.ternary
+        unset = {k: v for k, v in ORIGINAL_SCOPE[self.levels_tuple].items() if getattr(self.scope, k) is None}
+        self.scope = replace(self.scope, **unset)
         self.reg_rate, self.freeze_epoch = float(reg_rate), freeze_epoch
         self._opt: torch.optim.Optimizer | None = None
 
