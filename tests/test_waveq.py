@@ -156,6 +156,38 @@ def test_lambda_q_ramp_is_the_public_codes():
         assert method.on_step(net, 0, epoch)["lambda"] == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+def test_the_regularizers_gradient_grows_as_2_to_the_bits(bits):
+    """∂/∂u sin²(π(u + s/2)/s) = (π/s)·sin(2π(u + s/2)/s): its largest value is π/s = π(2^(b−1) − ½),
+    and its curvature at the levels 2π²/s². One strength for every b weighs the regularizer ~2x more
+    against the loss per extra bit (why the digits smoke's old strength 3 froze the 4- and 5-bit runs)."""
+    s = float(waveq_step(torch.tensor(float(bits))))
+    assert 1 / s == pytest.approx(2 ** (bits - 1) - 0.5)
+    u = torch.linspace(-1, 1, 200001, dtype=torch.float64, requires_grad=True)
+    step = waveq_step(torch.tensor(float(bits), dtype=torch.float64))
+    (torch.sin(math.pi * (u + 0.5 * step) / step).square().sum()).backward()
+    assert float(u.grad.abs().max()) == pytest.approx(math.pi / s, rel=1e-6)
+
+
+def test_digits_waveq_ramp_has_the_public_codes_shape_over_its_epochs():
+    """The public code's λ_q over 100 epochs (center 0.2E = 20, width 20) has the shape
+    ½(1 + tanh((t − 0.2)/0.2)) in t = epoch/E; digits_waveq's 30 epochs keep it (width 0.2E = 6)
+    instead of starting at 35 % (width 20 over 30 epochs)."""
+    from quantlab.runs.build import build
+    from quantlab.runs.config import compose
+
+    cfg = compose(["experiment=digits_waveq", "method=waveq"])
+    epochs = int(cfg.schedule.epochs)
+    method = build(cfg.method, "method")
+    net = _net_prepared(method)
+    strength = float(cfg.method.strength)
+    for t in (0.0, 0.1, 0.2, 0.5, 0.9):
+        public = 0.5 * (1 + math.tanh((t * 100 - 20) / 20))
+        got = method.on_step(net, 0, round(t * epochs))["lambda"] / strength
+        assert got == pytest.approx(public, rel=1e-9), t
+    assert compose(["method=waveq"]).method.ramp_width == 20.0  # the public code's, outside the preset
+
+
 def test_bad_settings_name_the_field():
     with pytest.raises(ConfigError, match="method.init_bits"):
         WaveQ(init_bits=12, max_bits=8)
