@@ -12,6 +12,7 @@ commands:
            (Hydra app: `quantlab train --help` lists the config groups; `-m` runs a grid)
   ptq      sweep post-training quantization bit-widths on a finished run, into a new directory
   bench    training throughput of methods side by side, as ratios to `float`
+           (`bench data`: loaders alone, the step alone and full epochs; `bench ptq`: a PTQ sweep)
   table    aggregate runs and grids (their results.json) into a table: mean ± std over seeds;
            --paper <table> lays them out as a paper's table with its numbers beside ours
   plot     PNG figures of runs and grids: accuracy against PTQ bit-width, val accuracy and beta/lambda
@@ -24,6 +25,7 @@ examples:
   quantlab train -m hydra.sweep.dir=<sweep> resume=auto   # continue an interrupted sweep
   quantlab ptq run=outputs/train/<run> bitwidth.sweep=[[8,4],[6,4],[4,4]]
   quantlab bench --model resnet18 --methods float
+  quantlab bench data --model resnet18 --method float
   quantlab table outputs/train/multirun/<date> --rows method --cols ptq
   quantlab table outputs/tables/md_t1 --paper md_t1
   quantlab plot outputs/train/multirun/<date> --rows method
@@ -34,6 +36,7 @@ COMMANDS = {
     "ptq": "quantlab.commands.ptq",
     "bench": "quantlab.commands.bench",
     "bench ptq": "quantlab.commands.bench_ptq",
+    "bench data": "quantlab.commands.bench_data",
     "table": "quantlab.commands.table",
     "plot": "quantlab.commands.plot",
 }
@@ -50,8 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     command, rest = args[0], args[1:]
-    if command == "bench" and rest[:1] == ["ptq"]:  # `quantlab bench ptq`: the cost of a PTQ sweep
-        command, rest = "bench ptq", rest[1:]
+    if command == "bench" and rest[:1] in (["ptq"], ["data"]):  # the cost of a PTQ sweep; data vs compute
+        command, rest = f"bench {rest[0]}", rest[1:]
     if command not in COMMANDS:
         fail(
             "quantlab",

@@ -52,17 +52,9 @@ def results(run_dir: Path) -> dict:
 
 def make_trainer(overrides: list[str], run_dir: Path, runlog=None):
     """A Trainer for the train config composed with `overrides` (built with seed 0), writing into run_dir."""
-    import torch
-    from hydra.utils import instantiate
+    from quantlab.runs.builders import trainer_for
 
-    from quantlab.engine.settings import TrainerSettings
-    from quantlab.engine.trainer import Trainer
-    from quantlab.runs.config import compose
-
-    cfg = compose(overrides)
-    torch.manual_seed(0)
-    model, method, data = instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset)
-    return Trainer(model, method, data, TrainerSettings.from_config(cfg), run_dir, runlog)
+    return trainer_for(overrides, run_dir, runlog)
 
 
 def train_in_process(run_dir: Path, overrides: list[str]):

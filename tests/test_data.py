@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from quantlab.data import make_loader, split_indices
+from quantlab.data.resident import ResidentImages
 from quantlab.errors import QuantlabError
 from quantlab.runs.config import compose
 from tests.fakedata import WRITERS
@@ -32,10 +33,13 @@ def build(name: str, root: Path, *extra: str):
     return instantiate(compose(overrides).dataset)
 
 
+@pytest.mark.parametrize("loader", ["torchvision", "auto"])
 @pytest.mark.parametrize("name", sorted(EXPECT))
-def test_reads_real_format(name, tmp_path):
+def test_reads_real_format(name, loader, tmp_path):
     WRITERS[name](tmp_path)
-    bundle = build(name, tmp_path)
+    bundle = build(name, tmp_path, f"dataset.loader={loader}")
+    resident = loader == "auto" and name != "imagenet"  # auto keeps every fixed-size dataset resident
+    assert isinstance(bundle.train, ResidentImages) == resident
     n_trainval, n_test, shape, classes = EXPECT[name]
     assert len(bundle.train) + len(bundle.val) == n_trainval
     assert len(bundle.val) == 6 and len(bundle.test) == n_test
@@ -48,7 +52,11 @@ def test_reads_real_format(name, tmp_path):
     assert tuple(xt.shape) == shape
     # PTQ calibration reads the training images through the evaluation transform (no augmentation)
     assert len(bundle.calibration) == len(bundle.train)
-    assert bundle.calibration.transform is bundle.test.transform
+    if resident:  # the same decoded images, without the augmentation
+        assert bundle.calibration.store is bundle.train.store and bundle.calibration.augment is None
+        assert torch.equal(bundle.calibration.indices, bundle.train.indices)
+    else:
+        assert bundle.calibration.transform is bundle.test.transform
     torch.testing.assert_close(bundle.calibration[0][0], bundle.calibration[0][0])
     loader = make_loader(bundle.train, 4, train=True)
     xb, yb = next(iter(loader))
@@ -151,7 +159,7 @@ def test_resumable_order():
 
 def test_torch_loader_resumable_order(tmp_path):
     WRITERS["mnist"](tmp_path)
-    bundle = build("mnist", tmp_path)
+    bundle = build("mnist", tmp_path, "dataset.loader=torchvision")
     loader = make_loader(bundle.train, 8, train=True, seed=1)
     full = [y for _, y in loader.iterate(epoch=1)]
     tail = [y for _, y in loader.iterate(epoch=1, start_batch=2)]

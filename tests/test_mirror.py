@@ -85,9 +85,9 @@ def test_md_softmax_update_is_eq20_on_the_simplex():
     torch.testing.assert_close(new.sum(-1), torch.ones(500, dtype=torch.float64))
 
 
-def _one_mirror_step(direction: str, mirror: str):
+def _one_mirror_step(direction: str, mirror: str, levels: int = 2):
     torch.manual_seed(1)
-    shape = (4, 3) if mirror == "tanh" else (4, 2)
+    shape = (4, 3) if mirror == "tanh" else (4, levels)
     start = torch.tanh(torch.randn(shape)) if mirror == "tanh" else torch.softmax(torch.randn(shape), -1)
     p = nn.Parameter(start.clone())
     opt = MirrorAdam([{"params": [p], "mirror": mirror}], beta=lambda: 2.5, lr=0.01, direction=direction)
@@ -112,9 +112,14 @@ def _one_mirror_step(direction: str, mirror: str):
 
 @pytest.mark.parametrize("direction", ["adam", "sgd"])
 @pytest.mark.parametrize("mirror", ["tanh", "softmax"])
-def test_mirror_optimizer_takes_the_md_step(direction, mirror):
-    """Algorithm 1 with Adam-based directions (and the textbook raw-gradient variant)."""
-    _one_mirror_step(direction, mirror)
+@pytest.mark.parametrize("kernel", ["fused", "foreach"])
+def test_mirror_optimizer_takes_the_md_step(direction, mirror, kernel, monkeypatch):
+    """Algorithm 1 with Adam-based directions (and the textbook raw-gradient variant), through
+    torch's fused Adam kernel (CPU and CUDA) and through the foreach ops (other devices)."""
+    if kernel == "foreach":
+        monkeypatch.setattr("quantlab.methods.mirror._fused_adam_applies", lambda tensors: False)
+    for levels in (2, 3) if mirror == "softmax" else (2,):
+        _one_mirror_step(direction, mirror, levels)
 
 
 # -- the stable forms: Algorithm 2 / Eq. 23 ----------------------------------------------------------------

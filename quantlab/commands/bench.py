@@ -20,16 +20,11 @@ from pathlib import Path
 import torch
 
 from quantlab.engine.console import print_rows
-from quantlab.engine.settings import TrainerSettings
 from quantlab.engine.trainer import Trainer
-from quantlab.runs.config import compose
+from quantlab.runs.builders import method_overrides, trainer_for
 
 
-def _build(model: str, method: str, args: argparse.Namespace, tmp: Path):
-    from hydra.utils import instantiate
-
-    spec, *options = method.split(",")
-    name, _, bitwidth = spec.partition(":")
+def _build(model: str, method: str, args: argparse.Namespace, tmp: Path) -> Trainer:
     overrides = [
         f"model={model}",
         "dataset=synthetic",
@@ -38,18 +33,13 @@ def _build(model: str, method: str, args: argparse.Namespace, tmp: Path):
         f"dataset.num_train={args.batch_size * 4}",
         "dataset.num_val=0",
         f"dataset.num_test={args.batch_size}",
-        f"method={name}",
         f"schedule.batch_size={args.batch_size}",
         f"device={args.device}",
-        f"bitwidth={bitwidth or 'binary'}",  # float ignores it; quantized methods default to binary
-        *(f"method.{option}" for option in options),
+        *method_overrides(method),
         "trainer.grad_norms_every=0",  # time the method's step alone
         *args.overrides,
     ]
-    cfg = compose(overrides)
-    torch.manual_seed(0)
-    model, method_obj, data = instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset)
-    trainer = Trainer(model, method_obj, data, TrainerSettings.from_config(cfg), tmp / method)
+    trainer = trainer_for(overrides, tmp / method)
     trainer.model.train()
     # time a step from the second epoch on: penalties whose schedule is 0 in the first epoch
     # (the Foothill paper's λ₀·log t) would otherwise be skipped
@@ -123,7 +113,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--methods",
         nargs="+",
         default=["float"],
-        help="method options: name[:bitwidth][,key=value...], e.g. md_tanh_s:ternary or grad_l1,estimator=fd",
+        help="method options: name[:bitwidth][,key=value...], e.g. md_tanh_s:ternary, grad_l1,estimator=fd "
+        "or float,trainer.compile=true (a dotted key is passed as it is)",
     )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--image-size", type=int, default=32)

@@ -2,19 +2,30 @@
 
 The order of epoch e is a permutation drawn from a generator seeded by (seed, e) alone, so a run
 resumed at batch k of epoch e sees exactly the batches an uninterrupted run would have seen
-(augmentation draws from the global torch RNG, which the checkpoint restores; with
-num_workers > 0 the workers' augmentation streams are reseeded and only the order is exact).
+(resident splits draw their augmentation from (seed, epoch, batch); a DataLoader's transforms draw
+from the global torch RNG, which the checkpoint restores; with num_workers > 0 the workers'
+augmentation streams are reseeded and only the order is exact).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from quantlab.data.bundle import TensorSplit
+from quantlab.data.resident import (
+    ResidentImages,
+    augment_seed,
+    available_cores,
+    crop_flip,
+    draw_augment,
+    normalize,
+)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -45,29 +56,63 @@ def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
-class TensorLoader(EpochLoader):
-    """Batches sliced straight out of in-memory tensors (digits, synthetic): no per-sample overhead."""
+class _InMemoryLoader(EpochLoader):
+    """Whole batches indexed out of tensors already on `device`, in the epoch's fixed order."""
 
     def __init__(
-        self,
-        data: TensorSplit,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        drop_last: bool,
-        device: torch.device,
+        self, data: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool, device: torch.device
     ) -> None:
-        self.x, self.y = data.x.to(device), data.y.to(device)
+        self.n, self.device = len(data), device  # type: ignore[arg-type]
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.load(data)
+
+    @abstractmethod
+    def load(self, data: Any) -> None:
+        """Put the split's tensors on `self.device`."""
 
     def __len__(self) -> int:
-        return _num_batches(len(self.y), self.batch_size, self.drop_last)
+        return _num_batches(self.n, self.batch_size, self.drop_last)
+
+    def positions(self, epoch: int, start_batch: int) -> Iterator[tuple[int, Tensor]]:
+        """(batch number, the batch's positions in the split) from `start_batch` on."""
+        order = epoch_order(self.n, self.seed, epoch, self.shuffle).to(self.device)
+        for b in range(start_batch, len(self)):
+            yield b, order[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+class TensorLoader(_InMemoryLoader):
+    """Batches sliced straight out of in-memory tensors (digits, synthetic): no per-sample overhead."""
+
+    def load(self, data: TensorSplit) -> None:
+        self.x, self.y = data.x.to(self.device), data.y.to(self.device)
 
     def iterate(self, epoch: int = 0, start_batch: int = 0) -> Iterator[Batch]:
-        order = epoch_order(len(self.y), self.seed, epoch, self.shuffle).to(self.x.device)
-        for b in range(start_batch, len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+        for _, idx in self.positions(epoch, start_batch):
             yield self.x[idx], self.y[idx]
+
+
+class ResidentLoader(_InMemoryLoader):
+    """Batches of a `ResidentImages` split on `device`, in the epoch's fixed order (`epoch_order`),
+    augmented (training loaders only) with randomness from (seed, epoch, batch) alone."""
+
+    def load(self, data: ResidentImages) -> None:
+        device = self.device
+        self.data = data
+        self.augment = data.augment if self.shuffle else None  # evaluation loaders never augment
+        self.images, self.labels = data.store.on(device)
+        self.indices = data.indices.to(device)
+        shape = (1, -1, 1, 1)
+        self.mean = torch.tensor(data.mean, dtype=torch.float32, device=device).view(shape)
+        self.std = torch.tensor(data.std, dtype=torch.float32, device=device).view(shape)
+
+    def iterate(self, epoch: int = 0, start_batch: int = 0) -> Iterator[Batch]:
+        for b, positions in self.positions(epoch, start_batch):
+            idx = self.indices[positions]
+            x = self.images[idx]
+            if self.augment is not None:
+                offsets, flips = draw_augment(len(idx), self.augment, augment_seed(self.seed, epoch, b))
+                x = crop_flip(x, self.augment.padding, offsets, flips)
+            yield normalize(x, self.mean, self.std), self.labels[idx]
 
 
 class _EpochSampler(Sampler[int]):
@@ -82,7 +127,8 @@ class _EpochSampler(Sampler[int]):
 
 
 class TorchLoader(EpochLoader):
-    """A torch DataLoader (for datasets on disk) driven by a per-epoch, resumable order."""
+    """A torch DataLoader (for datasets on disk) driven by a per-epoch, resumable order: pinned
+    memory on CUDA, persistent workers, `prefetch_factor` batches in flight per worker."""
 
     def __init__(
         self,
@@ -93,6 +139,7 @@ class TorchLoader(EpochLoader):
         drop_last: bool,
         device: torch.device,
         num_workers: int = 0,
+        prefetch_factor: int = 4,
     ) -> None:
         self.n = len(data)  # type: ignore[arg-type]
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
@@ -106,6 +153,7 @@ class TorchLoader(EpochLoader):
             drop_last=drop_last,
             pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0,
+            prefetch_factor=prefetch_factor if num_workers > 0 else None,
             generator=torch.Generator().manual_seed(int(seed)),
         )
 
@@ -127,11 +175,27 @@ def make_loader(
     train: bool,
     seed: int = 0,
     device: torch.device | str = "cpu",
-    num_workers: int = 0,
+    num_workers: int | str = 0,
 ) -> EpochLoader:
-    """Training loaders shuffle and drop the last partial batch; evaluation loaders keep order."""
+    """Training loaders shuffle and drop the last partial batch; evaluation loaders keep order.
+
+    In-memory splits are served on `device` in whole batches (TensorLoader; ResidentLoader, which
+    also augments there); other datasets go through a torch DataLoader with `num_workers` processes
+    (`auto`: one per core available to this process)."""
     device = torch.device(device)
     drop_last = train and len(data) > batch_size  # type: ignore[arg-type]
     if isinstance(data, TensorSplit):
         return TensorLoader(data, batch_size, shuffle=train, seed=seed, drop_last=drop_last, device=device)
-    return TorchLoader(data, batch_size, train, seed, drop_last, device, num_workers)
+    if isinstance(data, ResidentImages):
+        return ResidentLoader(data, batch_size, shuffle=train, seed=seed, drop_last=drop_last, device=device)
+    return TorchLoader(data, batch_size, train, seed, drop_last, device, resolve_workers(num_workers))
+
+
+def resolve_workers(num_workers: int | str) -> int:
+    """`auto` -> the cores available to this process; else the number itself (≥ 0)."""
+    if num_workers == "auto":
+        return available_cores()
+    workers = int(num_workers)
+    if workers < 0:
+        raise ValueError(f"trainer.num_workers={workers}: must be auto or ≥ 0")
+    return workers

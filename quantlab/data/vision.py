@@ -11,14 +11,18 @@ import os
 import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 from torchvision.datasets.utils import check_integrity
 
 from quantlab.data.bundle import DataBundle, Transformed, split_indices
-from quantlab.errors import QuantlabError
+from quantlab.data.resident import Augment, ImageStore, ResidentImages, available_cores, decode_files
+from quantlab.errors import ConfigError, QuantlabError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -107,16 +111,85 @@ def _split(
     )
 
 
-def _small_tf(
-    mean: tuple, std: tuple, augment: bool, crop: int | None, flip: bool
-) -> tuple[Callable, Callable]:
+LOADERS = ("auto", "resident", "torchvision")
+#: The loader of a dataset config without `loader` (the YAML default is auto): a run started before
+#: device-resident data existed trained through torchvision, and its resume must see the same batches.
+PRE_RESIDENT = "torchvision"
+
+
+def _loader_kind(name: str, loader: str, resident_ok: bool = True) -> str:
+    """`auto`: resident where the dataset's images have one size (every dataset here but ImageNet)."""
+    if loader not in LOADERS:
+        raise ConfigError(f"dataset.loader={loader!r}: must be auto, resident or torchvision")
+    if loader == "auto":
+        return "resident" if resident_ok else "torchvision"
+    if loader == "resident" and not resident_ok:
+        raise ConfigError(
+            f"dataset.loader=resident: {name} is not kept on the device (images of many sizes, too large "
+            "to hold decoded); use dataset.loader=torchvision or auto"
+        )
+    return loader
+
+
+def _small_bundle(
+    name: str,
+    loader: str,
+    bases: tuple[Dataset, Dataset],
+    decode: Callable[[Dataset], tuple[Tensor, Tensor]],
+    stats: tuple[tuple[float, ...], tuple[float, ...]],
+    augment: bool,
+    crop: int,
+    flip: bool,
+    val_size: int | float,
+    split_seed: int,
+    num_classes: int,
+) -> DataBundle:
+    """Train (augmented: random crop `crop` with padding 4, flip where `flip`) / val / test splits,
+    through torchvision's transforms (`loader=torchvision`) or decoded once and kept on the training
+    device (`resident`; `decode(base)` gives its uint8 (N, C, H, W) images and labels)."""
+    train_base, test_base = bases
+    mean, std = stats
+    in_channels = len(mean)
+    if _loader_kind(name, loader) == "resident":
+        train_store, test_store = ImageStore(*decode(train_base)), ImageStore(*decode(test_base))
+        train_idx, val_idx = split_indices(len(train_store.labels), val_size, split_seed)
+        policy = Augment(padding=4 if augment else 0, flip=augment and flip)
+        train = ResidentImages(train_store, train_idx, mean, std, policy)
+        return DataBundle(
+            name=name,
+            train=train,
+            val=ResidentImages(train_store, val_idx, mean, std) if len(val_idx) else None,
+            test=ResidentImages(test_store, range(len(test_store.labels)), mean, std),
+            num_classes=num_classes,
+            in_channels=in_channels,
+            image_size=crop,
+            calib=train.evaluation(),
+        )
     norm = [T.ToTensor(), T.Normalize(mean, std)]
-    train = []
-    if augment and crop:
-        train.append(T.RandomCrop(crop, padding=4))
+    train_tf = []
+    if augment:
+        train_tf.append(T.RandomCrop(crop, padding=4))
     if augment and flip:
-        train.append(T.RandomHorizontalFlip())
-    return T.Compose(train + norm), T.Compose(norm)
+        train_tf.append(T.RandomHorizontalFlip())
+    return _split(
+        name,
+        train_base,
+        test_base,
+        T.Compose(train_tf + norm),
+        T.Compose(norm),
+        val_size,
+        split_seed,
+        num_classes,
+        in_channels,
+        crop,
+    )
+
+
+def _hwc(data: Any, labels: Any) -> tuple[Tensor, Tensor]:
+    """(N, H, W, C) or (N, H, W) uint8 arrays -> uint8 (N, C, H, W) and long labels."""
+    images = torch.as_tensor(data)
+    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+    return images.contiguous(), torch.as_tensor(labels, dtype=torch.long)
 
 
 # -- MNIST family: idx files under <root>/<Class>/raw/ -------------------------------------------------
@@ -129,6 +202,7 @@ def _mnist_like(cls: type, name: str, mean: float, std: float):
         val_size: int | float = 5000,
         split_seed: int = 0,
         augment: bool = False,
+        loader: str = PRE_RESIDENT,
         **_: object,
     ) -> DataBundle:
         layout = (
@@ -136,8 +210,14 @@ def _mnist_like(cls: type, name: str, mean: float, std: float):
             "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte}"
         )
         train, test = _open_pair(name, root, layout, lambda path, tr: cls(path, train=tr, download=download))
-        train_tf, eval_tf = _small_tf((mean,), (std,), augment, crop=28, flip=False)
-        return _split(name, train, test, train_tf, eval_tf, val_size, split_seed, 10, 1, 28)
+
+        def decode(base: Dataset) -> tuple[Tensor, Tensor]:
+            return _hwc(base.data, base.targets)  # type: ignore[attr-defined]
+
+        stats = ((mean,), (std,))
+        return _small_bundle(
+            name, loader, (train, test), decode, stats, augment, 28, False, val_size, split_seed, 10
+        )
 
     build.__doc__ = f"{name}: 60k/10k 28x28 grayscale digits, 10 classes (torchvision {cls.__name__})."
     return build
@@ -215,6 +295,7 @@ def _cifar(classes: int):
         split_seed: int = 0,
         augment: bool = True,
         verify: bool = True,
+        loader: str = PRE_RESIDENT,
         **_: object,
     ) -> DataBundle:
         layout = f"<root>/{folder}/{{{files}}} (the python pickle version)"
@@ -222,9 +303,23 @@ def _cifar(classes: int):
         train, test = _open_pair(
             name, root, layout, lambda path, tr: cls(path, train=tr, download=download), cls.files()
         )
-        mean, std = CIFAR_STATS[classes]
-        train_tf, eval_tf = _small_tf(mean, std, augment, crop=32, flip=True)
-        return _split(name, train, test, train_tf, eval_tf, val_size, split_seed, classes, 3, 32)
+
+        def decode(base: Dataset) -> tuple[Tensor, Tensor]:
+            return _hwc(base.data, base.targets)  # type: ignore[attr-defined]
+
+        return _small_bundle(
+            name,
+            loader,
+            (train, test),
+            decode,
+            CIFAR_STATS[classes],
+            augment,
+            32,
+            True,
+            val_size,
+            split_seed,
+            classes,
+        )
 
     build.__doc__ = (
         f"CIFAR-{classes}: 50k/10k 32x32 colour images; augmentation: random crop 32 pad 4 + flip."
@@ -243,6 +338,7 @@ def svhn(
     split_seed: int = 0,
     augment: bool = True,
     verify: bool = True,
+    loader: str = PRE_RESIDENT,
     **_: object,
 ) -> DataBundle:
     """SVHN (cropped digits, 73k/26k 32x32); augmentation: random crop 32 pad 4 (no flip: digits)."""
@@ -252,10 +348,14 @@ def svhn(
     train, test = _open_pair(
         "svhn", root, layout, lambda path, tr: _SVHN(path, split=splits[tr], download=download)
     )
-    train_tf, eval_tf = _small_tf(
-        (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), augment, crop=32, flip=False
+
+    def decode(base: Dataset) -> tuple[Tensor, Tensor]:  # SVHN keeps (N, C, H, W) already
+        return torch.as_tensor(base.data).contiguous(), torch.as_tensor(base.labels, dtype=torch.long)  # type: ignore[attr-defined]
+
+    stats = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
+    return _small_bundle(
+        "svhn", loader, (train, test), decode, stats, augment, 32, False, val_size, split_seed, 10
     )
-    return _split("svhn", train, test, train_tf, eval_tf, val_size, split_seed, 10, 3, 32)
 
 
 # -- ImageFolder trees: TinyImageNet and ImageNet ----------------------------------------------------
@@ -276,6 +376,7 @@ def tinyimagenet(
     val_size: int | float = 10000,
     split_seed: int = 0,
     augment: bool = True,
+    loader: str = PRE_RESIDENT,
     **_: object,
 ) -> DataBundle:
     """TinyImageNet (200 classes, 64x64) in ImageFolder layout; the official val set is the test split.
@@ -285,9 +386,24 @@ def tinyimagenet(
     """
     layout = "<root>/train/<class>/<image> and <root>/val/<class>/<image> (val regrouped by class)"
     train, test, _ = _image_folder("tinyimagenet", root, layout)
-    train_tf, eval_tf = _small_tf(IMAGENET_MEAN, IMAGENET_STD, augment, crop=64, flip=True)
-    return _split(
-        "tinyimagenet", train, test, train_tf, eval_tf, val_size, split_seed, len(train.classes), 3, 64
+
+    def decode(base: Dataset) -> tuple[Tensor, Tensor]:  # every image decoded once (JPEG -> uint8)
+        paths = [path for path, _ in base.samples]  # type: ignore[attr-defined]
+        return decode_files(paths, threads=available_cores()), torch.tensor(base.targets)  # type: ignore[attr-defined]
+
+    stats = (IMAGENET_MEAN, IMAGENET_STD)
+    return _small_bundle(
+        "tinyimagenet",
+        loader,
+        (train, test),
+        decode,
+        stats,
+        augment,
+        64,
+        True,
+        val_size,
+        split_seed,
+        len(train.classes),
     )
 
 
@@ -297,6 +413,7 @@ def imagenet(
     split_seed: int = 0,
     augment: bool = True,
     image_size: int = 224,
+    loader: str = PRE_RESIDENT,
     **_: object,
 ) -> DataBundle:
     """ImageNet (ILSVRC-2012) in ImageFolder layout; the official val set is the test split.
@@ -304,6 +421,7 @@ def imagenet(
     Train: random-resized crop 224 + flip; eval: resize 256, center crop 224.
     """
     layout = "<root>/train/<class>/<image> and <root>/val/<class>/<image>"
+    _loader_kind("imagenet", loader, resident_ok=False)
     train, test, _ = _image_folder("imagenet", root, layout)
     norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     resize = int(round(image_size * 256 / 224))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from quantlab.errors import ConfigError
 from quantlab.schedules import Constant, Schedule
 
 
@@ -21,7 +22,9 @@ class TrainerSettings:
     lr: Schedule = field(default_factory=lambda: Constant(1.0))  # a factor on the optimizer's lr
     seed: int = 0
     device: str = "auto"
-    amp: bool = False
+    amp: str | None = None  # None | bf16 | fp16 (autocast dtype; fp16 adds gradient scaling)
+    channels_last: str = "auto"  # auto (on for conv nets on CUDA) | true | false
+    compile: bool = False  # torch.compile the model's forward and backward (first-order methods)
     grad_clip: float | None = None
     eval_every: int = 1
     eval_unit: str = "epoch"  # epoch | step
@@ -31,7 +34,7 @@ class TrainerSettings:
     grad_norms_every: int | None = None  # None: the method's default
     checkpoint_every: int = 1
     checkpoint_every_steps: int = 0
-    num_workers: int = 0
+    num_workers: int | str = "auto"  # DataLoader workers; auto: the cores available to the process
     eval_batch_size: int | None = None  # None: 2 × batch_size
 
     @classmethod
@@ -46,7 +49,9 @@ class TrainerSettings:
             lr=instantiate(s.lr) if s.get("lr") else Constant(1.0),
             seed=int(cfg.seed),
             device=str(cfg.device),
-            amp=bool(t.get("amp", False)),
+            amp=amp_setting(t.get("amp", False)),
+            channels_last=str(t.get("channels_last", "auto")).lower(),
+            compile=bool(t.get("compile", False)),
             grad_clip=float(t.grad_clip) if t.get("grad_clip") else None,
             eval_every=int(t.eval_every),
             eval_unit=str(t.eval_unit),
@@ -56,6 +61,21 @@ class TrainerSettings:
             grad_norms_every=None if norms_every is None else int(norms_every),
             checkpoint_every=int(t.get("checkpoint_every") or 1),
             checkpoint_every_steps=int(t.get("checkpoint_every_steps") or 0),
-            num_workers=int(t.num_workers),
+            num_workers=t.num_workers if t.num_workers == "auto" else int(t.num_workers),
             eval_batch_size=int(t.eval_batch_size) if t.get("eval_batch_size") else None,
         )
+
+
+AMP = {"bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16"}
+
+
+def amp_setting(value: object) -> str | None:
+    """trainer.amp: false/null (float32), true or bf16 (bfloat16 autocast), fp16 (float16 + gradient
+    scaling). Anything else is a ConfigError naming the field."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "bf16"
+    if isinstance(value, str) and value.lower() in AMP:
+        return AMP[value.lower()]
+    raise ConfigError(f"trainer.amp={value!r}: must be false, bf16, fp16 (or true: bf16)")

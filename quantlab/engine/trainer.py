@@ -28,7 +28,7 @@ from quantlab.engine.console import interactive
 from quantlab.engine.evaluate import autocast, evaluate, gradient_norms, resolve_device, weight_gradient_norms
 from quantlab.engine.progress import Progress
 from quantlab.engine.settings import TrainerSettings
-from quantlab.errors import Diverged, Interrupted
+from quantlab.errors import ConfigError, Diverged, Interrupted
 from quantlab.methods.base import Method
 
 log = logging.getLogger("quantlab")
@@ -133,6 +133,11 @@ class Trainer:
         self.method, self.data, self.runlog = method, data, runlog
 
         self.model = method.prepare(model.to(self.device))
+        self.channels_last = s.channels_last == "true" or (
+            s.channels_last == "auto" and self.device.type == "cuda" and has_conv(self.model)
+        )
+        if self.channels_last:  # before the optimizer: its state takes the parameters' layout
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = method.optimizer(self.model, s.schedule)
         for group in self.opt.param_groups:
             group.setdefault("initial_lr", group["lr"])
@@ -155,11 +160,12 @@ class Trainer:
             self.epochs = int(s.epochs or 0)
             self.total_steps = self.epochs * self.steps_per_epoch
 
-        on_cuda = self.device.type == "cuda"
-        self.amp_dtype = (torch.float16 if on_cuda else torch.bfloat16) if s.amp else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=s.amp and on_cuda)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.amp or "")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         traits = method.traits
         self.grad_norms_every = traits.grad_norms_every if s.grad_norms_every is None else s.grad_norms_every
+        #: what the training step calls: the model, or its torch.compile'd forward (same parameters)
+        self.forward = self.compiled(self.model) if s.compile else self.model
         auto = "val/acc_exported" if traits.exported_differs else "val/acc"
         self.select_by = auto if s.select_by == "auto" else s.select_by
 
@@ -183,8 +189,10 @@ class Trainer:
         lr_factor = self.settings.lr(self.clock.step, self.clock.epoch)
         for group in self.opt.param_groups:
             group["lr"] = group["initial_lr"] * lr_factor
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp_dtype):
-            logits = self.model(x)
+            logits = self.forward(x)
             loss = F.cross_entropy(logits.float(), y)
         norms = self.task_gradient_norms(loss) if self.norms_due() else {}
         terms = self.method.penalty(self.model, loss, (x, y))
@@ -201,6 +209,27 @@ class Trainer:
         return StepResult(
             loss.detach(), correct, len(y), terms, norms, logged, self.opt.param_groups[0]["lr"]
         )
+
+    def compiled(self, model: nn.Module) -> nn.Module:
+        """torch.compile(model): one graph for its forward and one for its backward, recompiled only
+        when shapes or the training mode change (β and other annealed values are tensors)."""
+        if self.method.traits.double_backward:
+            name = getattr(self.method, "name", self.method.describe())
+            raise ConfigError(
+                f"trainer.compile=true: method={name} differentiates through a gradient "
+                "(double backpropagation), which torch.compile does not support; use trainer.compile=false "
+                "or method.estimator=fd"
+            )
+        if self.grad_norms_every or self.method.traits.backward_twice:
+            # The graph is backpropagated twice (the task-gradient norms, a finite-difference
+            # penalty: autograd.grad with retain_graph=True, then the step's backward): the
+            # compiled backward must neither donate nor overwrite in place the tensors it saved
+            # (inductor's in-place reuse gave wrong second gradients at batch 64 on the CPU).
+            import torch._functorch.config as functorch_config
+
+            functorch_config.donated_buffer = False
+            return torch.compile(model, options={"inplace_buffers": False})
+        return torch.compile(model)
 
     def fit(self, until: int | None = None) -> None:
         """Train until the step budget (or step `until`, a pause): log, evaluate, checkpoint when due."""
@@ -441,3 +470,8 @@ class Trainer:
         """train_s, eval_s, test_s (seconds, summed over sessions), steps, and step_ms = train_s / steps."""
         steps = self.clock.step
         return {**self.timing, "steps": steps, "step_ms": 1000.0 * self.timing["train_s"] / max(steps, 1)}
+
+
+def has_conv(model: nn.Module) -> bool:
+    """Whether the network has a 2-D convolution (where channels-last memory pays)."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())

@@ -52,6 +52,12 @@ class Traits:
     #: every N steps the trainer logs the ℓ1, ℓ2, ℓ∞ norms of the task loss's gradient with respect to
     #: the weight tensors (train/grad_norm_*; 0: only when trainer.grad_norms_every asks).
     grad_norms_every: int = 0
+    #: the penalty differentiates through a gradient (autograd.grad with create_graph=True: double
+    #: backpropagation), which torch.compile's graphs do not support: trainer.compile refuses it.
+    double_backward: bool = False
+    #: the penalty backpropagates the task loss itself (autograd.grad with retain_graph=True) before
+    #: the trainer's backward: a compiled graph must keep what it saved for the second pass
+    backward_twice: bool = False
 
 
 #: What a method that quantizes weights to a fixed set of levels is (MD, BC, PQ, PMF, ...).

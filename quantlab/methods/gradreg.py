@@ -124,7 +124,11 @@ class GradientPenalty(Method):
         self.schedule = lam if lam is not None else Constant(1.0)
         self.start_epoch = (int(epochs) - last_epochs) if last_epochs is not None else 0
         self.estimator, self.fd_eps = estimator, float(fd_eps)
-        self.traits = Traits(grad_norms_every=int(grad_norms_every))
+        self.traits = Traits(
+            grad_norms_every=int(grad_norms_every),
+            double_backward=estimator == "exact",
+            backward_twice=True,  # fd: ∇L by autograd.grad, then the trainer's backward
+        )
         self.factor = self._factor(0, 0)
         self.weights: list[Tensor] = []
         self.tap: ActivationTap | None = None

@@ -20,6 +20,7 @@ tanh(atanh(w) − βηg) exactly (since r = e^{2 atanh w}); `md_tanh_update` com
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ from quantlab.quant.projections import (
     hard_argmax,
     hard_sign,
     hard_ternary,
+    level_softmax,
     shifted_tanh,
     shifted_tanh_ste,
     softmax_pmf_code,
@@ -185,13 +187,17 @@ def md_tanh_update(w: Tensor, direction: Tensor, lr: float, beta: float, eps: fl
 
 def md_softmax_update(u: Tensor, direction: Tensor, lr: float, beta: float, tiny: float = 1e-30) -> Tensor:
     """Eq. 20 (exponentiated gradient) along the last dimension, computed in log space."""
-    return torch.softmax(torch.log(u.clamp_min(tiny)) - lr * beta * direction, dim=-1)
+    return level_softmax(torch.log(u.clamp_min(tiny)) - lr * beta * direction)
 
 
 class MirrorAdam(torch.optim.Optimizer):
     """Adam directions d = m̂/(√v̂ + ε); groups with `mirror` = "tanh" or "softmax" take the mirror step
     (Eq. 15 / Eq. 20) with the current β, other groups the plain Adam step. `direction="sgd"` uses the
     raw gradient d = g instead (the textbook MD update).
+
+    Each group's tensors are updated together with foreach ops, in place: m ← β₁m + (1−β₁)g,
+    v ← β₂v + (1−β₂)g², then the step z − ηβ·m̂/(√v̂+ε) in one addcdiv on the mirror point z
+    (atanh w, log u, or the parameter itself) and the map back (tanh, softmax over the levels).
     """
 
     def __init__(
@@ -214,36 +220,94 @@ class MirrorAdam(torch.optim.Optimizer):
         loss = closure() if closure is not None else None
         beta = self.beta_fn()
         for group in self.param_groups:
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            mirror = group.get("mirror")
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if wd and mirror is None:
-                    g = g.add(p, alpha=wd)
-                if self.direction == "sgd":
-                    d = g
-                else:
-                    state = self.state[p]
-                    if not state:
-                        state["step"] = 0
-                        state["m"] = torch.zeros_like(p)
-                        state["v"] = torch.zeros_like(p)
-                    state["step"] += 1
-                    t = state["step"]
-                    state["m"].mul_(b1).add_(g, alpha=1 - b1)
-                    state["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
-                    m_hat = state["m"] / (1 - b1**t)
-                    v_hat = state["v"] / (1 - b2**t)
-                    d = m_hat / (v_hat.sqrt() + eps)
-                if mirror == "tanh":
-                    p.copy_(md_tanh_update(p, d, lr, beta))
-                elif mirror == "softmax":
-                    p.copy_(md_softmax_update(p, d, lr, beta))
-                else:
-                    p.add_(d, alpha=-lr)
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._group_step(group, params, beta)
         return loss
+
+    def _group_step(self, group: dict, params: list[Tensor], beta: float) -> None:
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        mirror = group.get("mirror")
+        grads = [p.grad for p in params]
+        if wd and mirror is None:
+            grads = torch._foreach_add(grads, params, alpha=wd)
+        step_size = lr * beta if mirror else lr
+        if mirror == "tanh":
+            limit = 1.0 - 1e-7
+            points = [p.clamp(-limit, limit).atanh_() for p in params]
+        elif mirror == "softmax":
+            points = [p.clamp_min(1e-30).log_() for p in params]
+        else:
+            points = params
+        if self.direction == "sgd":
+            torch._foreach_add_(points, grads, alpha=-step_size)
+        else:
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states, strict=True):
+                if not state:
+                    state["step"] = 0
+                    state["m"] = torch.zeros_like(p)
+                    state["v"] = torch.zeros_like(p)
+                state["step"] += 1
+            ms, vs = [st["m"] for st in states], [st["v"] for st in states]
+            if _fused_adam_applies(points):
+                # the same update in one fused pass per tensor (torch.optim.Adam's fused kernel)
+                steps = [float(st["step"]) for st in states]
+                count = torch.tensor(steps, dtype=torch.float32, device=points[0].device)
+                torch._fused_adam_(
+                    points,
+                    grads,
+                    ms,
+                    vs,
+                    [],
+                    list(count.unbind()),
+                    amsgrad=False,
+                    lr=step_size,
+                    beta1=b1,
+                    beta2=b2,
+                    weight_decay=0.0,  # already in the gradients of the groups that have it
+                    eps=eps,
+                    maximize=False,
+                )
+            else:
+                self._foreach_adam(points, grads, ms, vs, [st["step"] for st in states], group, step_size)
+        if mirror == "tanh":
+            for p, z in zip(params, points, strict=True):
+                torch.tanh(z, out=p)
+        elif mirror == "softmax":
+            for p, z in zip(params, points, strict=True):
+                p.copy_(level_softmax(z))
+
+    @staticmethod
+    def _foreach_adam(
+        points: list[Tensor],
+        grads: list[Tensor],
+        ms: list[Tensor],
+        vs: list[Tensor],
+        steps: list[int],
+        group: dict,
+        step_size: float,
+    ) -> None:
+        """m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², z ← z − η·m̂/(√v̂ + ε), with foreach ops."""
+        (b1, b2), eps = group["betas"], group["eps"]
+        torch._foreach_mul_(ms, b1)
+        torch._foreach_add_(ms, grads, alpha=1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+        # m̂/(√v̂ + ε) = (m / (1 − β₁ᵗ)) / (√v / √(1 − β₂ᵗ) + ε)
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_div_(denom, [math.sqrt(1 - b2**t) for t in steps])
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(points, ms, denom, [-step_size / (1 - b1**t) for t in steps])
+
+
+def _fused_adam_applies(tensors: list[Tensor]) -> bool:
+    """torch's fused Adam kernel takes tensors of one floating dtype on one CPU or CUDA device."""
+    kinds = {(t.device, t.dtype) for t in tensors}
+    if len(kinds) != 1 or not hasattr(torch, "_fused_adam_"):
+        return False
+    device, dtype = kinds.pop()
+    return device.type in ("cpu", "cuda") and dtype.is_floating_point
 
 
 class _ExactMirror(WeightQuantizer):

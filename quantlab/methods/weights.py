@@ -76,10 +76,27 @@ def plain_copy(model: nn.Module, weights: dict[str, Tensor]) -> nn.Module:
 
 
 class BetaRef:
-    """The current β, shared by every projection of a model (a plain float, cheap to deepcopy)."""
+    """The current β, shared by every projection of a model: `value` (a float, for logs, checkpoints
+    and the optimizer) and `tensor`, a 0-d float32 tensor on the model's device that the
+    projections read. Setting `value` updates `tensor` in place, so that a torch.compile'd forward
+    reads the new β without recompiling (a float would be a constant of the graph)."""
 
     def __init__(self, value: float) -> None:
-        self.value = float(value)
+        self.tensor = torch.tensor(float(value), dtype=torch.float32)
+        self._value = float(value)
+
+    @property
+    def value(self) -> float:
+        return self._value
+
+    @value.setter
+    def value(self, new: float) -> None:
+        self._value = float(new)
+        with torch.no_grad():
+            self.tensor.fill_(self._value)
+
+    def to(self, device: torch.device) -> None:
+        self.tensor = self.tensor.to(device)
 
 
 class Projected(nn.Module):
@@ -97,14 +114,17 @@ class Projected(nn.Module):
         self.scale = nn.Parameter(torch.tensor(float(scale))) if scale is not None else None
 
     def forward(self, aux: Tensor) -> Tensor:
-        w = self.project(aux, self.beta.value)
+        # in float32 under autocast too: tanh(β w̃) and softmax(β ũ)·q with β up to 1e4 and beyond
+        # would lose the levels' exactness in bfloat16 / float16 (matmul autocasts)
+        with torch.autocast(aux.device.type, enabled=False):
+            w = self.project(aux.float(), self.beta.tensor)
         return w * self.scale if self.scale is not None else w
 
     def right_inverse(self, w: Tensor) -> Tensor:
         return self.to_aux(w) if self.to_aux is not None else w
 
 
-def _identity(x: Tensor, beta: float) -> Tensor:
+def _identity(x: Tensor, beta: float | Tensor) -> Tensor:
     return x
 
 
@@ -180,6 +200,7 @@ class WeightQuantizer(Method):
         if not self.targets:
             raise ConfigError("method.scope: no conv or linear tensor is left to quantize")
         self.levels = self.levels.to(next(model.parameters()).device)
+        self.beta.to(self.levels.device)
         for path, name in self.targets:
             module = model.get_submodule(path)
             if self.init == "xavier":

@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from quantlab.engine.settings import amp_setting
 from quantlab.errors import ConfigError, QuantlabError, check_bits, check_positive, parse_sweep
 
 
@@ -79,6 +80,18 @@ def validate_train_config(cfg: DictConfig) -> None:
     unit = _get(cfg, "trainer.eval_unit")
     if unit not in (None, "epoch", "step"):
         raise ConfigError(f"trainer.eval_unit={unit!r}: must be epoch or step")
+    amp_setting(_get(cfg, "trainer.amp"))
+    channels_last = _get(cfg, "trainer.channels_last")
+    if channels_last not in (None, "auto", True, False):
+        raise ConfigError(f"trainer.channels_last={channels_last!r}: must be auto, true or false")
+    if _get(cfg, "trainer.compile") not in (None, True, False):
+        raise ConfigError(f"trainer.compile={_get(cfg, 'trainer.compile')!r}: must be true or false")
+    workers = _get(cfg, "trainer.num_workers")
+    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise ConfigError(f"trainer.num_workers={workers!r}: must be auto or an integer >= 0")
+    loader = _get(cfg, "dataset.loader")
+    if loader not in (None, "auto", "resident", "torchvision"):
+        raise ConfigError(f"dataset.loader={loader!r}: must be auto, resident or torchvision")
 
 
 def compose(
@@ -134,7 +147,14 @@ RESOLVED = "config.yaml"  # a run's fully resolved config, written when it start
 
 #: Where a run reads its data and what machine it runs on: a resume may change them (data copied to
 #: node-local scratch, another GPU); every other setting is the experiment's and is kept.
-MACHINE_KEYS = ("dataset.root", "dataset.download", "device", "trainer.num_workers")
+MACHINE_KEYS = (
+    "dataset.root",
+    "dataset.download",
+    "device",
+    "trainer.num_workers",
+    "trainer.compile",
+    "trainer.channels_last",
+)
 
 
 _ABSENT = object()
