@@ -25,10 +25,15 @@ def cli_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def quantlab(*args: str, cwd: Path, check: bool = True, timeout: float = 300, env: dict | None = None):
-    """Run `python -m quantlab ARGS` from `cwd`; outputs go under cwd/outputs."""
+def quantlab(
+    *args: str, cwd: Path, check: bool = True, timeout: float = 300, env: dict | None = None, nproc: int = 1
+):
+    """Run `python -m quantlab ARGS` from `cwd` (with nproc > 1: `torchrun --standalone
+    --nproc_per_node=N -m quantlab ARGS`, as the README says); outputs go under cwd/outputs."""
+    torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    launcher = torchrun if nproc > 1 else []
     proc = subprocess.run(
-        [sys.executable, "-m", "quantlab", *args],
+        [sys.executable, *launcher, "-m", "quantlab", *args],
         cwd=cwd,
         env=env or cli_env(cwd),
         capture_output=True,

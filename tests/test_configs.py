@@ -69,6 +69,7 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
 LAUNCHERS = [
     ("local", "hydra_plugins.hydra_joblib_launcher"),
     ("slurm", "hydra_plugins.hydra_submitit_launcher"),
+    ("slurm_ddp", "hydra_plugins.hydra_submitit_launcher"),
 ]
 
 
@@ -86,6 +87,11 @@ def test_launcher_presets(option, plugin):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = hcompose("train", [f"hydra/launcher={option}"], return_hydra_config=True)
     assert "Launcher" in cfg.hydra.launcher._target_
+    if option == "slurm_ddp":  # one task (rank) per GPU; the launcher builds (it cannot submit here)
+        from hydra.utils import instantiate
+
+        assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node == 4
+        assert type(instantiate(cfg.hydra.launcher)).__name__ == "SlurmLauncher"
 
 
 @pytest.mark.parametrize(

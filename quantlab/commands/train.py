@@ -16,6 +16,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from quantlab.engine import distributed
 from quantlab.engine.checkpoint import seed_everything
 from quantlab.engine.lock import locked
 from quantlab.errors import Interrupted, sweep_pairs
@@ -34,9 +35,11 @@ log = logging.getLogger("quantlab")
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The body of `quantlab train`; returns the results written to results.json."""
-    job = Job.current()
-    with locked(job.dir), StopOnSignals() as signals:
-        mode = start_mode(cfg.get("resume"), job.dir)
+    job, here = Job.current(), distributed.start()  # start: the tasks of a multi-GPU SLURM job
+    if not here.main:
+        quiet_logging()
+    with locked(job.dir) if here.main else contextlib.nullcontext(), StopOnSignals() as signals:
+        mode = distributed.broadcast(start_mode(cfg.get("resume"), job.dir) if here.main else None)
         if mode == "done":  # a sweep resume passing a job that completed
             log.info(f"{job.dir}: completed already; skipped")
             return read_results(job.dir)
@@ -44,7 +47,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg, overrides = resume_config(cfg, job.dir, job.overrides) if resume else (cfg, job.overrides)
         fresh = job.new_results(overrides, choices=job.choices)
         results = {**continued(read_results(job.dir) or fresh), "run_dir": str(job.dir)} if resume else fresh
-        with recorded(job.results_path, results, job.started), hinted(job, overrides):
+        if not here.main:  # trains its part of every batch; rank 0 writes, tests and sweeps
+            with distributed.peers_watched():
+                return train(cfg, job, results, resume, signals)
+        watched = distributed.peers_watched()
+        with recorded(job.results_path, results, job.started), hinted(job, overrides), watched:
             return train(cfg, job, results, resume, signals)
 
 
@@ -52,7 +59,8 @@ def train(
     cfg: DictConfig, job: Job, results: dict[str, Any], resume: bool, signals: StopOnSignals
 ) -> dict[str, Any]:
     """Build, train, test, sweep; fill `results` (written by the caller)."""
-    cfg = prepare_train_config(cfg, job.choices, write_to=None if resume else job.dir / RESOLVED)
+    main = distributed.ranks().main
+    cfg = prepare_train_config(cfg, job.choices, write_to=None if resume or not main else job.dir / RESOLVED)
     ptq_settings, pairs = PTQSettings.from_config(cfg.get("ptq")), sweep_pairs(cfg.bitwidth.get("sweep"))
     seed_everything(int(cfg.seed))
     data, model, method = build(cfg.dataset), build(cfg.model), build(cfg.method, "method")
@@ -61,6 +69,9 @@ def train(
     run_ptq, sweep = wants_sweep(ptq_settings, method.traits, pairs), None
     with training(model, method, data, cfg, job.dir, resume, job.started, signals) as (trainer, runlog):
         trainer.fit()
+        trainer.end_parallel()
+        if not main:
+            return results
         test = trainer.test()
         report = method.report(trainer.model)
         metrics = {**test.metrics, **record_report(results, report, runlog, test.step, test.epoch)}
@@ -79,6 +90,15 @@ def train(
     if sweep is not None:
         print_sweep(sweep, "post-training quantization of the trained network")
     return results
+
+
+def quiet_logging() -> None:
+    """Ranks other than 0 log nothing but errors (rank 0 speaks for the run)."""
+    logging.getLogger("quantlab").setLevel(logging.ERROR)
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # e.g. the train.log file of every task of a SLURM job
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
 
 
 @contextlib.contextmanager

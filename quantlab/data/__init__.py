@@ -1,6 +1,6 @@
 """Datasets (torchvision underneath, plus the embedded `digits` and `synthetic`) and loaders."""
 
 from quantlab.data.bundle import DataBundle, split_indices
-from quantlab.data.loaders import EpochLoader, make_loader
+from quantlab.data.loaders import EpochLoader, Shard, make_loader
 
-__all__ = ["DataBundle", "EpochLoader", "make_loader", "split_indices"]
+__all__ = ["DataBundle", "EpochLoader", "Shard", "make_loader", "split_indices"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +29,21 @@ from quantlab.data.resident import (
 )
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Process `rank` of `world` taking part in one run: it gets the rank-th of `world` contiguous
+    parts of every global batch (all processes draw the same epoch order)."""
+
+    rank: int = 0
+    world: int = 1
+
+    def part(self, batch: Tensor) -> Tensor:
+        return batch if self.world == 1 else torch.tensor_split(batch, self.world)[self.rank]
+
+    def size(self, batch_size: int) -> int:
+        return -(-batch_size // self.world)
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
@@ -56,25 +72,41 @@ def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
-class _InMemoryLoader(EpochLoader):
-    """Whole batches indexed out of tensors already on `device`, in the epoch's fixed order."""
+class _Ordered(EpochLoader):
+    """Global batches of `batch_size` in the epoch's fixed order (`epoch_order`), this process's
+    `shard` of each, on `device`."""
 
     def __init__(
-        self, data: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool, device: torch.device
+        self,
+        data: Dataset,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        device: torch.device,
+        shard: Shard = Shard(),
     ) -> None:
-        self.n, self.device = len(data), device  # type: ignore[arg-type]
+        self.n, self.device, self.shard = len(data), device, shard  # type: ignore[arg-type]
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+
+    def __len__(self) -> int:
+        return _num_batches(self.n, self.batch_size, self.drop_last)
+
+
+class _InMemoryLoader(_Ordered):
+    """Whole batches indexed out of tensors already on `device`, in the epoch's fixed order."""
+
+    def __init__(self, data: Dataset, batch_size: int, **kwargs: Any) -> None:
+        super().__init__(data, batch_size, **kwargs)
         self.load(data)
 
     @abstractmethod
     def load(self, data: Any) -> None:
         """Put the split's tensors on `self.device`."""
 
-    def __len__(self) -> int:
-        return _num_batches(self.n, self.batch_size, self.drop_last)
-
     def positions(self, epoch: int, start_batch: int) -> Iterator[tuple[int, Tensor]]:
-        """(batch number, the batch's positions in the split) from `start_batch` on."""
+        """(batch number, the global batch's positions in the split) from `start_batch` on; a
+        process of several serves `self.shard.part(...)` of each."""
         order = epoch_order(self.n, self.seed, epoch, self.shuffle).to(self.device)
         for b in range(start_batch, len(self)):
             yield b, order[b * self.batch_size : (b + 1) * self.batch_size]
@@ -87,7 +119,8 @@ class TensorLoader(_InMemoryLoader):
         self.x, self.y = data.x.to(self.device), data.y.to(self.device)
 
     def iterate(self, epoch: int = 0, start_batch: int = 0) -> Iterator[Batch]:
-        for _, idx in self.positions(epoch, start_batch):
+        for _, positions in self.positions(epoch, start_batch):
+            idx = self.shard.part(positions)
             yield self.x[idx], self.y[idx]
 
 
@@ -106,12 +139,13 @@ class ResidentLoader(_InMemoryLoader):
         self.std = torch.tensor(data.std, dtype=torch.float32, device=device).view(shape)
 
     def iterate(self, epoch: int = 0, start_batch: int = 0) -> Iterator[Batch]:
+        part = self.shard.part
         for b, positions in self.positions(epoch, start_batch):
-            idx = self.indices[positions]
+            idx = self.indices[part(positions)]
             x = self.images[idx]
-            if self.augment is not None:
-                offsets, flips = draw_augment(len(idx), self.augment, augment_seed(self.seed, epoch, b))
-                x = crop_flip(x, self.augment.padding, offsets, flips)
+            if self.augment is not None:  # drawn for the global batch: the same crops on 1 or N processes
+                offsets, flips = draw_augment(len(positions), self.augment, augment_seed(self.seed, epoch, b))
+                x = crop_flip(x, self.augment.padding, part(offsets), part(flips))
             yield normalize(x, self.mean, self.std), self.labels[idx]
 
 
@@ -126,43 +160,33 @@ class _EpochSampler(Sampler[int]):
         return len(self.indices)
 
 
-class TorchLoader(EpochLoader):
+class TorchLoader(_Ordered):
     """A torch DataLoader (for datasets on disk) driven by a per-epoch, resumable order: pinned
     memory on CUDA, persistent workers, `prefetch_factor` batches in flight per worker."""
 
     def __init__(
-        self,
-        data: Dataset,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        drop_last: bool,
-        device: torch.device,
-        num_workers: int = 0,
-        prefetch_factor: int = 4,
+        self, data: Dataset, batch_size: int, num_workers: int = 0, prefetch_factor: int = 4, **kwargs: Any
     ) -> None:
-        self.n = len(data)  # type: ignore[arg-type]
-        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
-        self.device = device
+        super().__init__(data, batch_size, **kwargs)
+        device, shard = self.device, self.shard
         self.sampler = _EpochSampler(self.n)
         self.loader = DataLoader(
             data,
-            batch_size=batch_size,
+            batch_size=shard.size(batch_size),
             sampler=self.sampler,
             num_workers=num_workers,
-            drop_last=drop_last,
+            drop_last=self.drop_last,
             pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
-            generator=torch.Generator().manual_seed(int(seed)),
+            generator=torch.Generator().manual_seed(int(self.seed)),
         )
 
-    def __len__(self) -> int:
-        return _num_batches(self.n, self.batch_size, self.drop_last)
-
     def iterate(self, epoch: int = 0, start_batch: int = 0) -> Iterator[Batch]:
-        order = epoch_order(self.n, self.seed, epoch, self.shuffle)
-        self.sampler.indices = order[start_batch * self.batch_size :].tolist()
+        order = epoch_order(self.n, self.seed, epoch, self.shuffle)[start_batch * self.batch_size :]
+        if self.shard.world > 1:  # this process's part of every global batch
+            order = torch.cat([self.shard.part(batch) for batch in order.split(self.batch_size)])
+        self.sampler.indices = order.tolist()
         non_blocking = self.device.type == "cuda"
         for x, y in self.loader:
             yield x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
@@ -176,19 +200,22 @@ def make_loader(
     seed: int = 0,
     device: torch.device | str = "cpu",
     num_workers: int | str = 0,
+    shard: Shard = Shard(),
 ) -> EpochLoader:
     """Training loaders shuffle and drop the last partial batch; evaluation loaders keep order.
 
     In-memory splits are served on `device` in whole batches (TensorLoader; ResidentLoader, which
     also augments there); other datasets go through a torch DataLoader with `num_workers` processes
-    (`auto`: one per core available to this process)."""
+    (`auto`: one per core available to this process). `batch_size` is the global batch: with a
+    `shard` of several processes each serves its part of every batch of the same order."""
     device = torch.device(device)
     drop_last = train and len(data) > batch_size  # type: ignore[arg-type]
+    common = {"shuffle": train, "seed": seed, "drop_last": drop_last, "device": device, "shard": shard}
     if isinstance(data, TensorSplit):
-        return TensorLoader(data, batch_size, shuffle=train, seed=seed, drop_last=drop_last, device=device)
+        return TensorLoader(data, batch_size, **common)
     if isinstance(data, ResidentImages):
-        return ResidentLoader(data, batch_size, shuffle=train, seed=seed, drop_last=drop_last, device=device)
-    return TorchLoader(data, batch_size, train, seed, drop_last, device, resolve_workers(num_workers))
+        return ResidentLoader(data, batch_size, **common)
+    return TorchLoader(data, batch_size, num_workers=resolve_workers(num_workers), **common)
 
 
 def resolve_workers(num_workers: int | str) -> int:

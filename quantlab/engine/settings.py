@@ -25,6 +25,7 @@ class TrainerSettings:
     amp: str | None = None  # None | bf16 | fp16 (autocast dtype; fp16 adds gradient scaling)
     channels_last: str = "auto"  # auto (on for conv nets on CUDA) | true | false
     compile: bool = False  # torch.compile the model's forward and backward (first-order methods)
+    sync_bn: bool = False  # under DDP: batch-norm statistics over the global batch (SyncBatchNorm)
     grad_clip: float | None = None
     eval_every: int = 1
     eval_unit: str = "epoch"  # epoch | step
@@ -52,6 +53,7 @@ class TrainerSettings:
             amp=amp_setting(t.get("amp", False)),
             channels_last=str(t.get("channels_last", "auto")).lower(),
             compile=bool(t.get("compile", False)),
+            sync_bn=bool(t.get("sync_bn", False)),
             grad_clip=float(t.grad_clip) if t.get("grad_clip") else None,
             eval_every=int(t.eval_every),
             eval_unit=str(t.eval_unit),

@@ -10,6 +10,7 @@ loads the best checkpoint and reports both the trained network (`test/acc`) and
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import signal
@@ -22,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from quantlab.data import DataBundle, EpochLoader, make_loader
-from quantlab.engine import checkpoint
+from quantlab.data import DataBundle, EpochLoader, Shard, make_loader
+from quantlab.engine import checkpoint, distributed
 from quantlab.engine.console import interactive
 from quantlab.engine.evaluate import autocast, evaluate, gradient_norms, resolve_device, weight_gradient_norms
 from quantlab.engine.progress import Progress
@@ -82,13 +83,16 @@ class Running:
             self.norm_steps += 1
         self.lr = out.lr
 
-    def means(self) -> dict[str, float]:
-        values = {
-            "train/loss": float(self.loss) / self.n,
-            "train/acc": 100.0 * float(self.correct) / self.n,
-            "lr": float(self.lr),
-        }
-        values.update({f"method/{k}": float(v) / self.steps for k, v in self.terms.items()})
+    def means(self, world: int = 1) -> dict[str, float]:
+        """The logged means; over the `world` processes of a distributed run (every rank calls it at
+        the same steps): loss and accuracy over all their samples, penalty terms averaged."""
+        keys = sorted(self.terms)
+        sums = [float(self.loss), float(self.correct), float(self.n), *(float(self.terms[k]) for k in keys)]
+        if world > 1:
+            sums = distributed.sum_over_ranks(torch.tensor(sums, dtype=torch.float64)).tolist()
+        loss, correct, n, *terms = sums
+        values = {"train/loss": loss / n, "train/acc": 100.0 * correct / n, "lr": float(self.lr)}
+        values.update({f"method/{k}": v / world / self.steps for k, v in zip(keys, terms, strict=True)})
         values.update({f"method/{k}": float(v) for k, v in self.logged.items()})
         values.update({f"train/grad_norm_{k}": float(v) / self.norm_steps for k, v in self.norms.items()})
         return values
@@ -132,7 +136,18 @@ class Trainer:
         self.device = resolve_device(s.device)
         self.method, self.data, self.runlog = method, data, runlog
 
+        self.ranks = distributed.ranks()
+        if self.ranks.active and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", self.ranks.local_rank)  # one GPU per process
+        if self.ranks.world > 1 and s.batch_size % self.ranks.world:
+            raise ConfigError(
+                f"schedule.batch_size={s.batch_size}: the global batch must divide evenly over the "
+                f"{self.ranks.world} processes"
+            )
+
         self.model = method.prepare(model.to(self.device))
+        if s.sync_bn and self.ranks.active:
+            self.model = sync_batch_norm(self.model, self.device)
         self.channels_last = s.channels_last == "true" or (
             s.channels_last == "auto" and self.device.type == "cuda" and has_conv(self.model)
         )
@@ -144,7 +159,9 @@ class Trainer:
 
         eval_bs = s.eval_batch_size or 2 * s.batch_size
         common = {"device": self.device, "num_workers": s.num_workers}
-        self.train_loader = make_loader(data.train, s.batch_size, train=True, seed=s.seed, **common)
+        shard = Shard(self.ranks.rank, self.ranks.world)  # each rank its part of every global batch
+        train = {"train": True, "seed": s.seed, "shard": shard}
+        self.train_loader = make_loader(data.train, s.batch_size, **train, **common)
         self.val_loader = (
             make_loader(data.val, eval_bs, train=False, **common) if data.val is not None else None
         )
@@ -165,7 +182,9 @@ class Trainer:
         traits = method.traits
         self.grad_norms_every = traits.grad_norms_every if s.grad_norms_every is None else s.grad_norms_every
         #: what the training step calls: the model, or its torch.compile'd forward (same parameters)
-        self.forward = self.compiled(self.model) if s.compile else self.model
+        #: DistributedDataParallel over the processes of the run (gradients averaged in backward)
+        self.parallel = self.data_parallel(self.model) if self.ranks.active else self.model
+        self.forward = self.compiled(self.parallel) if s.compile else self.parallel
         auto = "val/acc_exported" if traits.exported_differs else "val/acc"
         self.select_by = auto if s.select_by == "auto" else s.select_by
 
@@ -210,6 +229,24 @@ class Trainer:
             loss.detach(), correct, len(y), terms, norms, logged, self.opt.param_groups[0]["lr"]
         )
 
+    def end_parallel(self) -> None:
+        """After training: drop the DistributedDataParallel wrapper (and its communication hooks)
+        while the process group still exists; evaluation and export use the plain model."""
+        if self.parallel is not self.model:
+            # DDP hands rank 0's buffers to the others at the start of each forward; after the last
+            # one each rank's batch-norm statistics moved on its own part of the batch: rank 0's win
+            distributed.broadcast_tensors(list(self.model.buffers()))
+            self.parallel = self.forward = self.model
+            gc.collect()
+
+    def data_parallel(self, model: nn.Module) -> nn.Module:
+        """The model wrapped in DistributedDataParallel: every rank starts from rank 0's parameters
+        and buffers; batch-norm buffers follow rank 0's at each forward."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)
+
     def compiled(self, model: nn.Module) -> nn.Module:
         """torch.compile(model): one graph for its forward and one for its backward, recompiled only
         when shapes or the training mode change (β and other annealed values are tensors)."""
@@ -253,7 +290,7 @@ class Trainer:
                         self.validate()
                     if s.checkpoint_every_steps and clock.step % s.checkpoint_every_steps == 0:
                         self.save_last()
-                    if self.stop_requested is not None:
+                    if self.stop_due():
                         self.stop(started)
                     if clock.step >= stop:
                         break
@@ -270,6 +307,14 @@ class Trainer:
         if clock.step == self.total_steps and self.last_eval_step != clock.step:  # budget ended between evals
             self.validate()
             self.save_last()
+
+    def stop_due(self) -> bool:
+        """A stop was asked (of any process of the run: all stop at the same step)."""
+        asked = self.stop_requested is not None
+        if self.ranks.active and distributed.any_rank(asked):
+            self.stop_requested = self.stop_requested or signal.SIGTERM
+            return True
+        return asked
 
     def stop(self, started: float) -> None:
         """Stop at this step boundary (a signal asked): checkpoint what is done (the running window
@@ -311,7 +356,7 @@ class Trainer:
         """Log the running means since the last log point, and start a new window. A non-finite
         loss or penalty stops the run here: the means are read on the host at log points only."""
         if self.running.steps:
-            values = self.running.means()
+            values = self.running.means(self.ranks.world)
             for key in ("train/loss", *sorted(k for k in values if k.startswith("method/"))):
                 if key in values and not math.isfinite(values[key]):
                     self.diverged(f"{key} became {values[key]}")
@@ -345,8 +390,11 @@ class Trainer:
     # -- validation, selection, checkpoints -----------------------------------------------------------
 
     def validate(self) -> dict[str, float]:
-        """Evaluate on validation (and the exported network where it differs); keep the best."""
+        """Evaluate on validation (and the exported network where it differs); keep the best. Only
+        rank 0 evaluates (on the whole split: the numbers of a one-process run) and writes."""
         self.last_eval_step = self.clock.step
+        if not self.ranks.main:
+            return {}
         if self.val_loader is None:  # no validation split: the last network is the selected one
             self.save_best({})
             return {}
@@ -398,8 +446,16 @@ class Trainer:
         }
 
     def save_last(self) -> None:
+        """checkpoints/last.pt. The parameters are the same on every rank: rank 0 writes them, with
+        each rank's own logging window and RNG state (`ranks`), so that a resume is exact."""
+        per_rank = {"window": self.running.state(), "rng": checkpoint.rng_state()}
+        ranks = distributed.gather(per_rank) if self.ranks.active else None
+        if not self.ranks.main:
+            self.last_saved_step = self.clock.step
+            return
         self.check_finite_weights()
-        checkpoint.atomic_save(self.state(), self.ckpt_dir / "last.pt")
+        state = self.state() if ranks is None else {**self.state(), "ranks": ranks}
+        checkpoint.atomic_save(state, self.ckpt_dir / "last.pt")
         self.last_saved_step = self.clock.step
 
     def save_best(self, values: dict[str, float]) -> None:
@@ -427,6 +483,11 @@ class Trainer:
         self.last_saved_step = self.clock.step
         self.best = state["best"]
         self.last_eval_step = state["last_eval_step"]
+        own = state.get("ranks") or []
+        if len(own) == self.ranks.world > 1:  # the same number of processes: each its own again
+            state = {**state, **own[self.ranks.rank]}
+        elif not self.ranks.main:  # another number of processes: rank 0 continues the window
+            state = {**state, "window": asdict(Running())}
         self.running = Running(**state["window"])
         self.last_logged = state["last_logged"]
         self.timing = {k: v for k, v in state["timing"].items() if k != "wall_s"}
@@ -470,6 +531,17 @@ class Trainer:
         """train_s, eval_s, test_s (seconds, summed over sessions), steps, and step_ms = train_s / steps."""
         steps = self.clock.step
         return {**self.timing, "steps": steps, "step_ms": 1000.0 * self.timing["train_s"] / max(steps, 1)}
+
+
+def sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Batch norm over the global batch (torch's SyncBatchNorm: statistics gathered from every rank
+    in each training forward); the same parameter tensors, so an optimizer built later sees them."""
+    if device.type != "cuda":
+        raise ConfigError(
+            "trainer.sync_bn=true: torch's SyncBatchNorm synchronises CUDA tensors only; on the CPU "
+            "(gloo) use trainer.sync_bn=false"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def has_conv(model: nn.Module) -> bool:

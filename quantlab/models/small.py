@@ -16,13 +16,15 @@ def mlp(
     hidden: Sequence[int] = (256, 256),
     bn_affine: bool = True,
     bias: bool = True,
+    batch_norm: bool = True,
 ) -> nn.Module:
-    """Flatten → [Linear → BatchNorm1d → ReLU] per hidden width → Linear."""
+    """Flatten → [Linear → BatchNorm1d (unless `batch_norm=false`) → ReLU] per hidden width → Linear."""
     check_common(num_classes, in_channels, image_size)
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_channels * image_size * image_size
     for h in hidden:
-        layers += [nn.Linear(width, h, bias=bias), nn.BatchNorm1d(h, affine=bn_affine), nn.ReLU(inplace=True)]
+        norm = [nn.BatchNorm1d(h, affine=bn_affine)] if batch_norm else []
+        layers += [nn.Linear(width, h, bias=bias), *norm, nn.ReLU(inplace=True)]
         width = h
     layers.append(nn.Linear(width, num_classes, bias=bias))
     return init_weights(nn.Sequential(*layers))

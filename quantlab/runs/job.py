@@ -14,8 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from quantlab.engine import distributed
 from quantlab.engine.console import fail
-from quantlab.errors import Interrupted, QuantlabError
+from quantlab.errors import ConfigError, Interrupted, QuantlabError
 
 
 @dataclass
@@ -83,12 +84,43 @@ def launch(
     """`quantlab <command> [overrides]`: the directory guards on the overrides (runs.guards), before
     Hydra creates anything, then the command's Hydra app."""
     args = list(sys.argv[1:] if argv is None else argv)
+    here = distributed.start()  # one of the processes of a torchrun / multi-task SLURM run?
     try:
-        args = guard(args)
+        args = guarded_on_rank_0(command, guard, args) if here.active else guard(args)
     except QuantlabError as e:
         if e.exit_code == 0:  # e.g. resume=auto of a completed run
-            print(f"quantlab {command}: {e}", file=sys.stderr)
+            if here.main:
+                print(f"quantlab {command}: {e}", file=sys.stderr)
             return
+        if not here.main:  # rank 0 says it
+            sys.exit(e.exit_code)
         fail(f"quantlab {command}", e, e.exit_code)
+    if not here.main:  # the run directory and its logs are rank 0's
+        args += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     sys.argv = [f"quantlab {command}", *args]
-    app()
+    try:
+        app()
+    finally:
+        distributed.stop()
+
+
+def guarded_on_rank_0(command: str, guard: Callable[[list[str]], list[str]], args: list[str]) -> list[str]:
+    """The guards run once, on rank 0 (which settles and locks the run directory); every rank then
+    runs with rank 0's arguments (Hydra would resolve `${now:...}` to a directory per process)."""
+    outcome: tuple[str, Any, int] | None = None
+    if distributed.ranks().main:
+        try:
+            if command != "train" or "-m" in args or "--multirun" in args:
+                raise ConfigError(
+                    f"quantlab {command} under torchrun: one `quantlab train` run per process group; a "
+                    "grid of multi-GPU runs is `quantlab train -m hydra/launcher=slurm_ddp ...`"
+                )
+            outcome = ("ok", guard(args), 0)
+        except QuantlabError as e:
+            outcome = (type(e).__name__, str(e), e.exit_code)
+    kind, value, code = distributed.broadcast(outcome)
+    if kind != "ok":
+        error = QuantlabError(value)
+        error.exit_code = code
+        raise error
+    return list(value)

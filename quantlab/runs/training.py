@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from quantlab.data import DataBundle
-from quantlab.engine import checkpoint
+from quantlab.engine import checkpoint, distributed
 from quantlab.engine.settings import TrainerSettings
 from quantlab.engine.trainer import Trainer
 from quantlab.errors import Interrupted
@@ -60,7 +60,9 @@ def training(
     (when given) stops the trainer at a step boundary."""
     state = checkpoint.load(run_dir / "checkpoints" / "last.pt") if resume else None
     position = state.get("log_position") if state else None
-    with RunLog(run_dir, state["clock"]["step"] if state else None, position) as runlog:
+    main = distributed.ranks().main  # other ranks of a distributed run write nothing
+    opened = RunLog(run_dir, state["clock"]["step"] if state else None, position) if main else None
+    with opened or contextlib.nullcontext() as runlog:
         trainer = Trainer(model, method, data, TrainerSettings.from_config(cfg), run_dir, runlog)
         if state:
             trainer.load_state(state)
