@@ -232,3 +232,8 @@ def test_a_multi_task_slurm_job_gets_its_ranks_from_slurm(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["Ranks(rank=3,", "world=4,", "local_rank=1)", "gpu07"]
+    # a process that submitit did not start (e.g. `sbatch -n 4` running one quantlab) is one process
+    del env["SUBMITIT_EXECUTOR"]
+    script = script.replace(", os.environ['MASTER_ADDR']", "")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "Ranks(rank=0, world=1, local_rank=0)" and "MASTER_ADDR" not in env

@@ -57,10 +57,13 @@ def ranks() -> Ranks:
 
 
 def export_slurm_env() -> None:
-    """In a SLURM job with several tasks (a multi-GPU submitit job): RANK, WORLD_SIZE, LOCAL_RANK,
-    MASTER_ADDR and MASTER_PORT from SLURM's variables, through submitit, as torchrun would set them."""
+    """In a task of a multi-task job that submitit started (hydra/launcher=slurm_ddp): RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT from SLURM's variables, through submitit, as
+    torchrun would set them. Any other process in a SLURM allocation of several tasks (a script of
+    `sbatch -n 4` running one quantlab) is one process, not a rank waiting for three others."""
     env = os.environ
-    if "RANK" in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
+    submitit_task = env.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_PROCID" in env
+    if "RANK" in env or not submitit_task or int(env.get("SLURM_NTASKS", "1")) <= 1:
         return
     from submitit.helpers import TorchDistributedEnvironment
 
