@@ -30,6 +30,15 @@ from torch.utils.data import Dataset
 
 from quantlab.errors import ConfigError
 
+LOADERS = ("auto", "resident", "torchvision")
+
+
+def check_loader(loader: str) -> str:
+    """`dataset.loader` is auto, resident or torchvision (a ConfigError naming the field otherwise)."""
+    if loader not in LOADERS:
+        raise ConfigError(f"dataset.loader={loader!r}: must be auto, resident or torchvision")
+    return loader
+
 
 @dataclass(frozen=True)
 class Augment:

@@ -21,7 +21,14 @@ from torchvision import transforms as T
 from torchvision.datasets.utils import check_integrity
 
 from quantlab.data.bundle import DataBundle, Transformed, split_indices
-from quantlab.data.resident import Augment, ImageStore, ResidentImages, available_cores, decode_files
+from quantlab.data.resident import (
+    Augment,
+    ImageStore,
+    ResidentImages,
+    available_cores,
+    check_loader,
+    decode_files,
+)
 from quantlab.errors import ConfigError, QuantlabError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -111,7 +118,6 @@ def _split(
     )
 
 
-LOADERS = ("auto", "resident", "torchvision")
 #: The loader of a dataset config without `loader` (the YAML default is auto): a run started before
 #: device-resident data existed trained through torchvision, and its resume must see the same batches.
 PRE_RESIDENT = "torchvision"
@@ -119,9 +125,7 @@ PRE_RESIDENT = "torchvision"
 
 def _loader_kind(name: str, loader: str, resident_ok: bool = True) -> str:
     """`auto`: resident where the dataset's images have one size (every dataset here but ImageNet)."""
-    if loader not in LOADERS:
-        raise ConfigError(f"dataset.loader={loader!r}: must be auto, resident or torchvision")
-    if loader == "auto":
+    if check_loader(loader) == "auto":
         return "resident" if resident_ok else "torchvision"
     if loader == "resident" and not resident_ok:
         raise ConfigError(

@@ -181,9 +181,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         traits = method.traits
         self.grad_norms_every = traits.grad_norms_every if s.grad_norms_every is None else s.grad_norms_every
-        #: what the training step calls: the model, or its torch.compile'd forward (same parameters)
-        #: DistributedDataParallel over the processes of the run (gradients averaged in backward)
+        #: the model, or DistributedDataParallel over the processes of the run (gradients averaged)
         self.parallel = self.data_parallel(self.model) if self.ranks.active else self.model
+        #: what the training step calls: `parallel`, or its torch.compile'd forward (same parameters)
         self.forward = self.compiled(self.parallel) if s.compile else self.parallel
         auto = "val/acc_exported" if traits.exported_differs else "val/acc"
         self.select_by = auto if s.select_by == "auto" else s.select_by

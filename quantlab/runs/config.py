@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from quantlab.data.resident import check_loader
 from quantlab.engine.settings import amp_setting
 from quantlab.errors import ConfigError, QuantlabError, check_bits, check_positive, parse_sweep
 
@@ -89,9 +90,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     workers = _get(cfg, "trainer.num_workers")
     if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise ConfigError(f"trainer.num_workers={workers!r}: must be auto or an integer >= 0")
-    loader = _get(cfg, "dataset.loader")
-    if loader not in (None, "auto", "resident", "torchvision"):
-        raise ConfigError(f"dataset.loader={loader!r}: must be auto, resident or torchvision")
+    if _get(cfg, "dataset.loader") is not None:
+        check_loader(_get(cfg, "dataset.loader"))
 
 
 def compose(
