@@ -11,6 +11,8 @@ commands:
   train    train a model with a quantization method, export it, evaluate float and exported
            (Hydra app: `quantlab train --help` lists the config groups; `-m` runs a grid)
   ptq      sweep post-training quantization bit-widths on a finished run, into a new directory
+  export   a finished run at one PTQ pair as ONNX (QuantizeLinear / DequantizeLinear), verified in
+           onnxruntime against the fake-quantized network (extra: pip install 'quantlab[export]')
   bench    training throughput of methods side by side, as ratios to `float`
            (`bench data`: loaders alone, the step alone and full epochs; `bench ptq`: a PTQ sweep)
   table    aggregate runs and grids (their results.json) into a table: mean ± std over seeds;
@@ -24,6 +26,7 @@ examples:
   quantlab train resume=outputs/train/<run>        # continue an interrupted run
   quantlab train -m hydra.sweep.dir=<sweep> resume=auto   # continue an interrupted sweep
   quantlab ptq run=outputs/train/<run> bitwidth.sweep=[[8,4],[6,4],[4,4]]
+  quantlab export run=outputs/train/<run> bits=w8a8
   quantlab bench --model resnet18 --methods float
   quantlab bench data --model resnet18 --method float
   quantlab table outputs/train/multirun/<date> --rows method --cols ptq
@@ -34,6 +37,7 @@ examples:
 COMMANDS = {
     "train": "quantlab.commands.train",
     "ptq": "quantlab.commands.ptq",
+    "export": "quantlab.commands.export",
     "bench": "quantlab.commands.bench",
     "bench ptq": "quantlab.commands.bench_ptq",
     "bench data": "quantlab.commands.bench_data",

@@ -6,6 +6,7 @@ a `ConfigError` is one whose message names the config field and what is allowed 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -104,6 +105,21 @@ def parse_sweep(sweep: Iterable[Any] | None, field: str = "bitwidth.sweep", high
         check_bits(a, f"{field}[{i}][1]", high=high, allow_none=True)
         pairs.append((int(w), None if a is None else int(a)))
     return pairs
+
+
+def parse_pair(value: Any, field: str = "bits") -> Pair:
+    """One (weight bits, activation bits) pair: `w8a8`, `w4afp` (activations in float) or [8, 8];
+    bits in 1..16."""
+    text = str(value).strip().lower()
+    match = re.fullmatch(r"w(\d+)a(\d+|fp)", text)
+    if match:
+        value = [int(match[1]), None if match[2] == "fp" else int(match[2])]
+    if not _is_sequence(value) or len(value) != 2:
+        raise ConfigError(f"{field}={value!r}: must be a pair such as w8a8, w4afp or [8,8]")
+    w, a = value
+    check_bits(w, f"{field}[0] (weight bits)", high=16)
+    check_bits(a, f"{field}[1] (activation bits)", high=16, allow_none=True)
+    return int(w), None if a is None else int(a)
 
 
 def sweep_pairs(sweep: Any) -> list[Pair]:

@@ -177,6 +177,78 @@ def test_every_method_family_trains_on_two_ranks_and_exports_the_same_network(tm
             assert torch.equal(rank0[key], rank1[key]), f"{spec}: {key} differs between the ranks"
 
 
+MLP = ["model=mlp", "model.hidden=[64,64]"]
+NO_BN_MLP = [*MLP, "model.batch_norm=false"]
+SYNC_CNN = ["model=small_cnn", "trainer.sync_bn=true"]
+# With batch norm, a bias before it (and the weight of an input pixel that is constant) has a zero
+# gradient up to float32 rounding, which Adam turns into steps of ±lr: batch-norm runs use SGD.
+SGD = ["schedule.optimizer.name=sgd", "schedule.optimizer.lr=0.05"]
+PENALTY = ["method.strength=0.05"]
+FD = ["method.estimator=fd"]
+#: (b) and the penalties that are not linear in the batch: name -> (overrides, atol); rtol 1e-4
+TRAIN_ALIKE = {
+    "sync_bn mlp": ([*MLP, "trainer.sync_bn=true", *SGD], 1e-5),
+    "sync_bn small_cnn": ([*SYNC_CNN, *SGD], 1e-5),
+    "grad_l1 exact": ([*NO_BN_MLP, "method=grad_l1", *PENALTY], 1e-5),
+    # the forward difference divides float32 rounding of the gradient by fd_eps = 1e-4
+    "grad_l1 fd": ([*NO_BN_MLP, "method=grad_l1", *PENALTY, *FD], 5e-5),
+    "grad_l2 exact": ([*NO_BN_MLP, "method=grad_l2", *PENALTY], 1e-5),
+    "grad_l2 exact sync_bn": ([*SYNC_CNN, *SGD, "method=grad_l2", *PENALTY], 1e-5),
+}
+
+
+def _spawn(worker, *args) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(worker, args=(2, port, *args), nprocs=2, join=True)
+    worker(0, 1, port, *args)  # the one-process reference, here
+
+
+def test_sync_bn_and_gradient_penalties_on_two_ranks_train_as_one_process(tmp_path):
+    """(b) batch norm with trainer.sync_bn=true (statistics of the global batch), and gradient-L1/L2
+    (a norm of the global batch's gradient, not the mean of the ranks' norms): 2 ranks × 16 train
+    the same weights in 8 steps as 1 process × 32 (float32 reduction order: rtol 1e-4, atol 1e-5)."""
+    from tests.ddp_worker import train_runs
+
+    _spawn(train_runs, [overrides for overrides, _ in TRAIN_ALIKE.values()], str(tmp_path), 8)
+    for i, (name, (_, atol)) in enumerate(TRAIN_ALIKE.items()):
+        one, two = (torch.load(tmp_path / f"{i}-{w}-0.pt", weights_only=True) for w in (1, 2))
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=atol, msg=f"{name}: {key}")
+
+
+#: name -> (overrides, the largest relative ℓ2 error of the penalty's gradient)
+GRADIENT_ALIKE = {
+    "grad_l1 exact sync_bn": ([*SYNC_CNN, "method=grad_l1"], 1e-5),
+    "grad_l2 exact sync_bn": ([*SYNC_CNN, "method=grad_l2"], 1e-5),
+    "grad_l1 fd sync_bn": ([*SYNC_CNN, "method=grad_l1", *FD], 1e-3),
+    "grad_l2 fd sync_bn": ([*SYNC_CNN, "method=grad_l2", *FD], 1e-2),
+}
+
+
+def test_gradient_penalties_under_sync_bn_have_the_one_process_gradient(tmp_path):
+    """Gradient-L1/L2 through batch statistics shared by the ranks (double backprop through the
+    all-reduce; the forward difference with the global direction and step): the penalty's value on
+    every rank, and the mean of the ranks' gradients (what DistributedDataParallel applies), equal
+    one process's on the global batch. Compared per batch: over several steps the ℓ1 norm's sign(g)
+    flips where an entry of g is near 0 and rounding differs, so trajectories part by O(λ) there."""
+    from tests.ddp_worker import penalty_gradients
+
+    _spawn(penalty_gradients, [overrides for overrides, _ in GRADIENT_ALIKE.values()], str(tmp_path))
+    for i, (name, (_, tolerance)) in enumerate(GRADIENT_ALIKE.items()):
+        one, *ranks = (torch.load(tmp_path / f"p{i}-{w}-{r}.pt") for w, r in ((1, 0), (2, 0), (2, 1)))
+        for rank in ranks:
+            assert rank["value"].item() == pytest.approx(one["value"].item(), rel=1e-5), name
+        mean = (ranks[0]["grad"] + ranks[1]["grad"]) / 2
+        error = float((mean - one["grad"]).norm() / one["grad"].norm())
+        assert error < tolerance, f"{name}: relative error {error:.2e}"
+
+
 FAIL_ON_RANK_1 = """
 import os
 
@@ -237,3 +309,85 @@ def test_a_multi_task_slurm_job_gets_its_ranks_from_slurm(tmp_path):
     script = script.replace(", os.environ['MASTER_ADDR']", "")
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "Ranks(rank=0, world=1, local_rank=0)" and "MASTER_ADDR" not in env
+
+
+@pytest.mark.slow
+def test_a_preempted_submitit_job_is_requeued_and_continues_from_last_pt(tmp_path):
+    """submitit's preemption signal (USR2) to a sweep job: it stops at a step boundary with last.pt,
+    submitit requeues it (the local executor: the same test path as SLURM's, a restart in place),
+    and the requeued job continues its run: the metrics of an uninterrupted run, two sessions."""
+    import os
+    import signal
+    import time
+
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from tests.test_trust import RUN, wait_for_checkpoint
+
+    reference, sweep = tmp_path / "reference", tmp_path / "sweep"
+    quantlab("train", *RUN, f"hydra.run.dir={reference}", cwd=tmp_path)
+    launcher = ["-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quantlab", "train", *launcher, *RUN],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    run = sweep / "0"
+    wait_for_checkpoint(proc, run, 30, timeout=180)
+    tasks = [p for p in Path("/proc").glob("[0-9]*/cmdline") if _runs(p, "submitit.core._submit")]
+    tasks = [p for p in tasks if _runs(p, str(sweep))]
+    assert len(tasks) == 1, "the job's task process"
+    os.kill(int(tasks[0].parent.name), signal.SIGUSR2)
+    started = time.time()
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "completed", (time.time() - started, output[-3000:])
+    assert len(results["sessions"]) == 2
+    assert results["metrics"] == _metrics(reference)
+    assert (run / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+    log = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*.out"))
+    assert "preempted" in log and "requeued" in log.lower(), log[-3000:]
+
+
+def test_trainer_devices_runs_the_command_under_torchrun(tmp_path):
+    """`quantlab train trainer.devices=2` is the README's torchrun command: 2 processes, one run."""
+    run = tmp_path / "run"
+    proc = quantlab("train", "schedule.epochs=1", "trainer.devices=2", f"hydra.run.dir={run}", cwd=tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "completed" and results["sessions"][0]["processes"] == 2
+    assert proc.stderr.count("quantlab train — completed") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_trainer_devices_command_lines_and_refusals(tmp_path):
+    from omegaconf import OmegaConf
+
+    from quantlab.errors import ConfigError
+    from quantlab.runs.checks import check_devices
+    from quantlab.runs.job import devices_command
+
+    assert devices_command(["schedule.epochs=1"]) is None
+    assert devices_command(["trainer.devices=1"]) is None
+    command = devices_command(["trainer.devices=3", "seed=1"])
+    assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m"]
+    assert command[6:] == ["quantlab", "train", "trainer.devices=3", "seed=1"]
+    # a resume of a run started on 2 processes is started on 2 again; another number may be given
+    run = tmp_path / "run"
+    run.mkdir()
+    OmegaConf.save(OmegaConf.create({"trainer": {"devices": 2}}), run / "config.yaml")
+    assert "--nproc_per_node=2" in devices_command([f"resume={run}"])
+    assert "--nproc_per_node=2" in devices_command(["resume=auto", f"hydra.run.dir={run}"])
+    assert "--nproc_per_node=4" in devices_command([f"resume={run}", "trainer.devices=4"])
+    for bad, field in ((["trainer.devices=0"], "devices=0"), (["trainer.devices=two"], "devices=two")):
+        with pytest.raises(ConfigError, match=field):
+            devices_command(bad)
+    with pytest.raises(ConfigError, match="slurm_ddp"):
+        devices_command(["-m", "trainer.devices=2", "seed=0,1"])
+    check_devices(1)
+    with pytest.raises(ConfigError, match="trainer.devices=4: this command runs 1 process"):
+        check_devices(4)  # e.g. set in an experiment's YAML, with no torchrun to run it
+    with pytest.raises(ConfigError, match="integer >= 1"):
+        check_devices("2")

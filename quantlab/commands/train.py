@@ -18,17 +18,26 @@ from omegaconf import DictConfig
 
 from quantlab.engine import distributed
 from quantlab.engine.checkpoint import seed_everything
+from quantlab.engine.console import console
 from quantlab.engine.lock import locked
 from quantlab.errors import Interrupted, sweep_pairs
 from quantlab.quant.sweep import PTQSettings
 from quantlab.runs.build import build, load_init
 from quantlab.runs.config import RESOLVED, config_dir, prepare_train_config, resume_config
+from quantlab.runs.export import export_pairs, export_trained
 from quantlab.runs.guards import train_args
 from quantlab.runs.job import Job, launch, run_command
 from quantlab.runs.results import continued, read_results, recorded
 from quantlab.runs.summary import print_summary, print_sweep
 from quantlab.runs.sweep import record_sweep, sweep_network, wants_sweep
-from quantlab.runs.training import StopOnSignals, record_report, resume_hint, start_mode, training
+from quantlab.runs.training import (
+    StopOnSignals,
+    record_report,
+    requeued,
+    resume_hint,
+    start_mode,
+    training,
+)
 
 log = logging.getLogger("quantlab")
 
@@ -39,7 +48,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not here.main:
         quiet_logging()
     with locked(job.dir) if here.main else contextlib.nullcontext(), StopOnSignals() as signals:
-        mode = distributed.broadcast(start_mode(cfg.get("resume"), job.dir) if here.main else None)
+        asked = requeued(cfg.get("resume"), job.dir, job.multirun) if here.main else None
+        mode = distributed.broadcast(start_mode(asked, job.dir) if here.main else None)
         if mode == "done":  # a sweep resume passing a job that completed
             log.info(f"{job.dir}: completed already; skipped")
             return read_results(job.dir)
@@ -82,6 +92,13 @@ def train(
             )
             metrics.update(record_sweep(results, sweep, ptq_settings, pairs, runlog, test.step, test.epoch))
         runlog.hparams(cfg, metrics)
+    exports = export_pairs(cfg.get("export"))
+    if exports:
+        batch = int(test.loader.batch_size)
+        kept = export_trained(
+            test.exported, method, data, exports, ptq_settings, job.dir, seed=int(cfg.seed), batch_size=batch
+        )
+        results["export"] = kept
     timing = {**trainer.times(), "total_s": trainer.wall_s()}
     if sweep is not None:
         timing["ptq_s"] = sweep.timing["total_s"]
@@ -89,6 +106,8 @@ def train(
     print_summary(results, job.dir)
     if sweep is not None:
         print_sweep(sweep, "post-training quantization of the trained network")
+    for entry in results.get("export", []):
+        console.print(f"export {entry['pair']}: {entry['status']} — {entry.get('dir', entry.get('error'))}")
     return results
 
 

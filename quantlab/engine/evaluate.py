@@ -10,6 +10,7 @@ from torch import nn
 
 from quantlab.data import EpochLoader
 from quantlab.errors import ConfigError
+from quantlab.methods import replicas
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,11 +66,15 @@ def evaluate(
 
 
 def weight_gradient_norms(
-    loss: torch.Tensor, weights: list[torch.Tensor], retain_graph: bool = False
+    loss: torch.Tensor, weights: list[torch.Tensor], retain_graph: bool = False, over_ranks: bool = False
 ) -> dict:
-    """ℓ1, ℓ2, ℓ∞ norms (0-d tensors) of ∇_W L over the concatenation of the tensors `weights`."""
+    """ℓ1, ℓ2, ℓ∞ norms (0-d tensors) of ∇_W L over the concatenation of the tensors `weights`; with
+    `over_ranks` (every rank of a data-parallel run calls it) of the global batch's gradient, the
+    mean of the ranks' gradients."""
     grads = torch.autograd.grad(loss, weights, retain_graph=retain_graph, allow_unused=True)
     flat = torch.cat([g.detach().float().reshape(-1) for g in grads if g is not None])
+    if over_ranks:
+        (flat,) = replicas.mean_over_ranks([flat])
     return {"l1": flat.abs().sum(), "l2": flat.norm(), "linf": flat.abs().max()}
 
 

@@ -25,7 +25,7 @@ class TrainerSettings:
     amp: str | None = None  # None | bf16 | fp16 (autocast dtype; fp16 adds gradient scaling)
     channels_last: str = "auto"  # auto (on for conv nets on CUDA) | true | false
     compile: bool = False  # torch.compile the model's forward and backward (first-order methods)
-    sync_bn: bool = False  # under DDP: batch-norm statistics over the global batch (SyncBatchNorm)
+    sync_bn: bool = False  # under DDP: batch-norm statistics over the global batch (engine.sync_bn)
     grad_clip: float | None = None
     eval_every: int = 1
     eval_unit: str = "epoch"  # epoch | step

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from quantlab.data import DataBundle, EpochLoader, Shard, make_loader
-from quantlab.engine import checkpoint, distributed
+from quantlab.engine import checkpoint, distributed, sync_bn
 from quantlab.engine.console import interactive
 from quantlab.engine.evaluate import autocast, evaluate, gradient_norms, resolve_device, weight_gradient_norms
 from quantlab.engine.progress import Progress
@@ -146,8 +146,11 @@ class Trainer:
             )
 
         self.model = method.prepare(model.to(self.device))
+        #: the batch-norm classes `trainer.sync_bn` replaced, restored after training
+        self.plain_bn: sync_bn.Originals = {}
         if s.sync_bn and self.ranks.active:
-            self.model = sync_batch_norm(self.model, self.device)
+            double_backward = method.traits.double_backward
+            self.model, self.plain_bn = sync_bn.synchronize(self.model, self.device, double_backward)
         self.channels_last = s.channels_last == "true" or (
             s.channels_last == "auto" and self.device.type == "cuda" and has_conv(self.model)
         )
@@ -237,6 +240,7 @@ class Trainer:
             # one each rank's batch-norm statistics moved on its own part of the batch: rank 0's win
             distributed.broadcast_tensors(list(self.model.buffers()))
             self.parallel = self.forward = self.model
+            sync_bn.restore(self.model, self.plain_bn)
             gc.collect()
 
     def data_parallel(self, model: nn.Module) -> nn.Module:
@@ -348,9 +352,10 @@ class Trainer:
         return bool(self.grad_norms_every) and self.clock.step % self.grad_norms_every == 0
 
     def task_gradient_norms(self, loss: Tensor) -> dict[str, Tensor]:
-        """ℓ1, ℓ2, ℓ∞ norms of ∇_W L (the task loss; W: every weight tensor of ≥ 2 dimensions)."""
+        """ℓ1, ℓ2, ℓ∞ norms of ∇_W L (the task loss of the global batch; W: every weight tensor of ≥ 2
+        dimensions)."""
         weights = [p for p in self.model.parameters() if p.requires_grad and p.ndim > 1]
-        return weight_gradient_norms(loss, weights, retain_graph=True)
+        return weight_gradient_norms(loss, weights, retain_graph=True, over_ranks=self.ranks.active)
 
     def log_running(self) -> None:
         """Log the running means since the last log point, and start a new window. A non-finite
@@ -531,17 +536,6 @@ class Trainer:
         """train_s, eval_s, test_s (seconds, summed over sessions), steps, and step_ms = train_s / steps."""
         steps = self.clock.step
         return {**self.timing, "steps": steps, "step_ms": 1000.0 * self.timing["train_s"] / max(steps, 1)}
-
-
-def sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Batch norm over the global batch (torch's SyncBatchNorm: statistics gathered from every rank
-    in each training forward); the same parameter tensors, so an optimizer built later sees them."""
-    if device.type != "cuda":
-        raise ConfigError(
-            "trainer.sync_bn=true: torch's SyncBatchNorm synchronises CUDA tensors only; on the CPU "
-            "(gloo) use trainer.sync_bn=false"
-        )
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def has_conv(model: nn.Module) -> bool:

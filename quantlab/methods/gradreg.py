@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from quantlab.errors import ConfigError
+from quantlab.methods import replicas
 from quantlab.methods.base import Method, Traits, surrogate_term
 from quantlab.quant.layers import conv_linear_layers
 from quantlab.schedules import Constant, Schedule
@@ -40,12 +41,30 @@ def norm_of(grads: list[Tensor], p: int) -> Tensor:
     return norms.sum() if p == 1 else torch.linalg.vector_norm(norms, ord=2)
 
 
-def norm_direction_(grads: list[Tensor], p: int, factor: float) -> list[Tensor]:
-    """factor · ∂‖g‖_p / ∂g (factor · sign(g) for p = 1, factor · g / ‖g‖₂ for p = 2), in place."""
+def norm_direction_(grads: list[Tensor], p: int, factor: float, total: Tensor | None = None) -> list[Tensor]:
+    """factor · ∂‖g‖_p / ∂g (factor · sign(g) for p = 1, factor · g / ‖g‖₂ for p = 2), in place;
+    `total`: ‖g‖₂ when g is part of a longer vector (the activations of one rank's samples)."""
     if p == 1:
         return [g.sign_().mul_(factor) for g in grads]
-    total = float(norm_of(grads, 2).clamp_min(torch.finfo(torch.float32).tiny))
-    return [g.mul_(factor / total) for g in grads]
+    total = norm_of(grads, 2) if total is None else total
+    scale = factor / float(total.clamp_min(torch.finfo(torch.float32).tiny))
+    return [g.mul_(scale) for g in grads]
+
+
+def global_norms(g_w: list[Tensor], g_y: list[Tensor], p: int) -> tuple[list[Tensor], Tensor, Tensor]:
+    """The global batch's gradients from this rank's (detached; the identity with one process).
+
+    Data parallel over R ranks the loss is L = (1/R)·Σ_r L_r: ∇_W L is the mean of the ranks'
+    ∇_W L_r, and ∇_y L over rank r's samples is ∇_y L_r / R. Returns ∇_W L, ‖∇_y L‖_p over the
+    samples of every rank, and ‖(∇_y L_r)_r‖_p (the ranks' gradients side by side: what normalises
+    rank r's part of the ℓ2 direction, ∇_y L_r / ‖(∇_y L_r)_r‖₂)."""
+    g_w = replicas.mean_over_ranks(g_w)
+    n = replicas.world()
+    if not g_y:
+        return g_w, torch.zeros(()), torch.zeros(())
+    local = torch.stack([g.abs().sum() if p == 1 else g.square().sum() for g in g_y]).sum()
+    total = replicas.sum_over_ranks(local) ** (1.0 / p)  # ‖concat_r ∇_y L_r‖_p
+    return g_w, total / n, total
 
 
 class ActivationTap:
@@ -161,14 +180,24 @@ class GradientPenalty(Method):
             return {}
         if self.estimator == "fd":
             return {self.name: self._finite_difference(model, loss, batch)}
-        lam_w, lam_y = self.strengths()
         acts = self.tap.outputs if self.tap is not None else []
         grads = torch.autograd.grad(loss, [*self.weights, *acts], create_graph=True)
         g_w, g_y = list(grads[: len(self.weights)]), list(grads[len(self.weights) :])
-        value = lam_w * norm_of(g_w, self.norm)
-        if g_y:
-            value = value + lam_y * norm_of(g_y, self.norm)
-        return {self.name: value}
+        value, v_w, v_y = self._directions([g.detach() for g in g_w], [g.detach().clone() for g in g_y])
+        # d value / dθ = (∂value/∂g)ᵀ ∂g/∂θ: the direction (fixed) against the differentiable gradient
+        inner = sum((v * g).sum() for v, g in zip([*v_w, *v_y], [*g_w, *g_y], strict=True))
+        return {self.name: value + inner - inner.detach()}
+
+    def _directions(self, g_w: list[Tensor], g_y: list[Tensor]) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """The penalty's value for the global batch, and its gradient with respect to this rank's
+        ∇_W L_r and ∇_y L_r (v_w, v_y: DistributedDataParallel's mean of the ranks' H_r·v is then the
+        one-process H·v); `g_y` is overwritten."""
+        lam_w, lam_y = self.strengths()
+        g_w, act_norm, act_scale = global_norms(g_w, g_y, self.norm)
+        value = lam_w * norm_of(g_w, self.norm) + lam_y * act_norm.to(g_w[0].device)
+        v_w = norm_direction_([g.clone() for g in g_w], self.norm, lam_w)
+        v_y = norm_direction_(g_y, self.norm, lam_y, act_scale) if g_y else []
+        return value, v_w, v_y
 
     def on_step(self, model: nn.Module, step: int, epoch: int) -> dict[str, float]:
         self.factor = self._factor(step + 1, epoch)
@@ -200,11 +229,7 @@ class GradientPenalty(Method):
         ]
         g_y = [g.detach() for g in first[len(params) :] if g is not None]
         by_id = {id(p): g for p, g in zip(params, g_params, strict=True)}
-        g_w = [by_id[id(w)] for w in self.weights]
-        value = lam_w * norm_of(g_w, self.norm) + (lam_y * norm_of(g_y, self.norm) if g_y else 0.0)
-
-        v_w = norm_direction_([g.clone() for g in g_w], self.norm, lam_w)
-        v_y = norm_direction_(g_y, self.norm, lam_y) if g_y else []  # g_y is ours: in place
+        value, v_w, v_y = self._directions([by_id[id(w)] for w in self.weights], g_y)
         eps = fd_step(self.fd_eps * max(lam_w, lam_y), [*v_w, *v_y])
         v_y = [v.mul_(eps) for v in v_y] or None
         saved = [w.detach().clone() for w in self.weights]
@@ -234,7 +259,6 @@ class GradientPenalty(Method):
             ((g2 if g2 is not None else torch.zeros_like(g)) - g) / eps
             for g, g2 in zip(g_params, second, strict=True)
         ]
-        value = value if isinstance(value, Tensor) else torch.tensor(value)
         return surrogate_term(value, params, hvp)
 
 
@@ -248,7 +272,8 @@ def fd_step(largest_shift: float, direction: list[Tensor]) -> float:
     larger ones); scaled, ℓ2 agrees with double backprop to 0.4 % there (ℓ1: 0.1 %).
     """
     maxima = [v.abs().amax() for v in direction if v.numel()]
-    vmax = float(torch.stack(maxima).max()) if maxima else 0.0  # one host sync per step, not one per tensor
+    largest = torch.stack(maxima).max() if maxima else torch.zeros(())
+    vmax = float(replicas.max_over_ranks(largest))  # the same step on every rank; one host sync
     return largest_shift / vmax if vmax > 0 else largest_shift
 
 

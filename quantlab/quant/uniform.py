@@ -14,6 +14,8 @@ The rounding multiplies by 1/s exactly like torch's fake-quantize kernels, so th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -64,17 +66,43 @@ def _reduce_dims(x: Tensor, axis: int | None) -> list[int]:
     return [d for d in range(x.ndim) if d != axis] if axis is not None else list(range(x.ndim))
 
 
-def quantize_tensor(x: Tensor, bits: int, symmetric: bool = True, axis: int | None = None) -> Tensor:
-    """Fake-quantize with the min–max range of `x` itself (weights), per tensor or along `axis`."""
+@dataclass
+class Codes:
+    """A tensor on its integer grid: x̂ = (q − z)·s, q ∈ [q_min, q_max] (float tensors holding
+    integers), scale s and zero point z per tensor (0-d) or per channel along `axis`."""
+
+    q: Tensor
+    scale: Tensor
+    zero_point: Tensor
+    q_min: int
+    q_max: int
+    axis: int | None
+
+    def dequantize(self) -> Tensor:
+        return (self.q - _along(self.zero_point, self.q, self.axis)) * _along(self.scale, self.q, self.axis)
+
+
+def tensor_codes(x: Tensor, bits: int, symmetric: bool = True, axis: int | None = None) -> Codes:
+    """The integer codes of `x` on the min–max grid of `x` itself (weights), per tensor or along
+    `axis`; 1 bit: q = ±1 (sign, 0 counted positive) with s = mean|x|."""
     dims = _reduce_dims(x, axis)
     if bits == 1:
-        scale = x.abs().mean(dim=dims, keepdim=True) if dims else x.abs()
-        return torch.where(x >= 0, scale, -scale)
+        scale = x.abs().mean(dim=dims) if dims else x.abs()
+        q = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+        return Codes(q, scale, torch.zeros_like(scale), -1, 1, axis)
     x_min = x.amin(dim=dims) if dims else x
     x_max = x.amax(dim=dims) if dims else x
     scale, zero_point = qparams(x_min, x_max, bits, symmetric)
     q_min, q_max = int_range(bits, symmetric)
-    return fake_quantize(x, scale, zero_point, q_min, q_max, axis)
+    s, z = _along(scale, x, axis), _along(zero_point, x, axis)
+    q = torch.clamp(torch.round(x * (1.0 / s)) + z, q_min, q_max)
+    return Codes(q, scale, zero_point, q_min, q_max, axis)
+
+
+def quantize_tensor(x: Tensor, bits: int, symmetric: bool = True, axis: int | None = None) -> Tensor:
+    """Fake-quantize with the min–max range of `x` itself (weights), per tensor or along `axis`:
+    `tensor_codes(...).dequantize()`, i.e. `fake_quantize` with that grid (1 bit: sign(x)·mean|x|)."""
+    return tensor_codes(x, bits, symmetric, axis).dequantize()
 
 
 class _StraightThroughQuant(torch.autograd.Function):

@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from quantlab.engine import distributed
 from quantlab.engine.evaluate import resolve_device
 from quantlab.errors import ConfigError, sweep_pairs
 from quantlab.quant.sweep import PTQSettings
@@ -53,8 +54,32 @@ def check_train(overrides: list[str]) -> DictConfig:
     cfg = prepare_train_config(cfg, choices, write_to=None)
     settings, pairs = PTQSettings.from_config(cfg.get("ptq")), sweep_pairs(cfg.bitwidth.get("sweep"))
     resolve_device(str(cfg.device))
+    check_devices(cfg.trainer.get("devices", 1))
+    check_exports(cfg, settings)
     wants_sweep(settings, build(cfg.method, "method").traits, pairs)
     init_from = cfg.get("init_from")
     if init_from and not Path(str(init_from)).expanduser().exists():
         raise ConfigError(f"init_from={init_from}: no such run directory or checkpoint file")
     return cfg
+
+
+def check_devices(value: object) -> None:
+    """trainer.devices: the number of processes this command runs (quantlab starts torchrun for a
+    trainer.devices=N on the command line; a torchrun command gives its own --nproc_per_node)."""
+    world = distributed.ranks().world
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"trainer.devices={value!r}: must be an integer >= 1 (processes for this run)")
+    if value not in (1, world):
+        raise ConfigError(
+            f"trainer.devices={value}: this command runs {world} process(es); give trainer.devices={value} "
+            f"on the command line (quantlab starts torchrun) or run torchrun --nproc_per_node={value}"
+        )
+
+
+def check_exports(cfg: DictConfig, settings: PTQSettings) -> None:
+    """`export=[...]`: pairs in 1..16 bits, the export extra installed, an exportable network."""
+    from quantlab.runs.export import check_network, export_pairs, require_extra
+
+    if export_pairs(cfg.get("export")):
+        require_extra()
+        check_network(cfg, settings)

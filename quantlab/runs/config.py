@@ -152,6 +152,7 @@ MACHINE_KEYS = (
     "dataset.download",
     "device",
     "trainer.num_workers",
+    "trainer.devices",
     "trainer.compile",
     "trainer.channels_last",
 )

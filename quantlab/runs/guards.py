@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from quantlab.engine import lock
-from quantlab.errors import ConfigError, MissingSetting, QuantlabError, parse_sweep
+from quantlab.errors import ConfigError, MissingSetting, QuantlabError, parse_pair, parse_sweep
 from quantlab.runs.checks import check_train, compose_checked
 from quantlab.runs.config import RESOLVED, override_key, resume_config
 from quantlab.runs.results import read_results
@@ -274,6 +276,38 @@ def ptq_args(args: list[str]) -> list[str]:
         lock.hold(out_dir)
         args = with_dir(args, "hydra.run.dir", out_dir)
     return args
+
+
+# -- quantlab export ----------------------------------------------------------------------------------
+
+
+def export_args(args: list[str]) -> list[str]:
+    """`quantlab export` arguments, checked before anything is written: the extra is installed, `run=`
+    is a completed run, `bits=` is a pair in 1..16, the ptq settings are valid, the network has only
+    exportable operators, and the output directory is new (then locked)."""
+    if HYDRA_INFO & set(args) or any(a.startswith("-") for a in args):
+        return args
+    from quantlab.quant.sweep import PTQSettings
+    from quantlab.runs.export import check_network, export_settings, require_extra
+
+    require_extra()
+    if is_multirun(args):
+        raise ConfigError("quantlab export: one run and one pair per command (no -m)")
+    source = check_source(value_of(args, "run"), value_of(args, "checkpoint") or "best")
+    cfg = compose_checked(task_overrides(args), "export")
+    bits = cfg.get("bits")
+    parse_pair(OmegaConf.to_container(bits) if OmegaConf.is_config(bits) else bits)
+    for key in ("acc_points", "agreement"):
+        value = cfg.tolerance.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"tolerance.{key}={value!r}: must be a number >= 0")
+    run_cfg = OmegaConf.load(source / RESOLVED)
+    check_network(run_cfg, PTQSettings.from_config(export_settings(run_cfg, cfg, task_overrides(args))))
+    out_dir = settled_dir(args, "hydra.run.dir", "export")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"hydra.run.dir={out_dir}: not empty; pick a new directory")
+    lock.hold(out_dir)
+    return with_dir(args, "hydra.run.dir", out_dir)
 
 
 def check_source(run: Any, which: str = "best", allow_incomplete: bool = False) -> Path:

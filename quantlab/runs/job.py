@@ -5,6 +5,7 @@ job that Hydra records while the others run)."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -12,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from quantlab.engine import distributed
 from quantlab.engine.console import fail
 from quantlab.errors import ConfigError, Interrupted, QuantlabError
+from quantlab.runs.config import RESOLVED
 
 
 @dataclass
@@ -78,6 +80,37 @@ def run_command(run: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, co
         fail(command, e, e.exit_code, "interrupted" if isinstance(e, Interrupted) else "error")
 
 
+def devices_command(args: list[str]) -> list[str] | None:
+    """`quantlab train trainer.devices=N` (N > 1): the torchrun command line that trains the run on N
+    processes (one per GPU; gloo processes on a machine without one), as the README spells it. A
+    resume (`resume=<dir>`, or `resume=auto` of a hydra.run.dir) of a run started that way gets its
+    N from the run's config."""
+    value = next((a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("trainer.devices=")), None)
+    resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if resume == "auto":  # the run in hydra.run.dir, if there is one
+        resume = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+    if value is None and resume not in (None, "null"):
+        saved = Path(str(resume)).expanduser() / RESOLVED
+        devices = OmegaConf.load(saved).get("trainer", {}).get("devices", 1) if saved.is_file() else 1
+        args, value = [*args, f"trainer.devices={devices}"], str(devices)
+    if value is None or value == "1":
+        return None
+    n = int(value) if value.isdigit() else 0
+    if n < 1:
+        raise ConfigError(f"trainer.devices={value}: must be an integer >= 1 (processes for this run)")
+    if "-m" in args or "--multirun" in args:
+        raise ConfigError(
+            "trainer.devices: one run on several GPUs; for a grid of multi-GPU runs use "
+            "hydra/launcher=slurm_ddp (each job one process group)"
+        )
+    import torch
+
+    if torch.cuda.is_available() and n > torch.cuda.device_count():
+        raise ConfigError(f"trainer.devices={n}: this machine has {torch.cuda.device_count()} GPUs")
+    runner = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+    return [sys.executable, *runner, "-m", "quantlab", "train", *args]
+
+
 def launch(
     command: str, guard: Callable[[list[str]], list[str]], app: Callable[[], Any], argv: list[str] | None
 ) -> None:
@@ -85,6 +118,13 @@ def launch(
     Hydra creates anything, then the command's Hydra app."""
     args = list(sys.argv[1:] if argv is None else argv)
     here = distributed.start()  # one of the processes of a torchrun / multi-task SLURM run?
+    if command == "train" and not here.active:
+        try:
+            torchrun = devices_command(args)
+        except QuantlabError as e:
+            fail(f"quantlab {command}", e, e.exit_code)
+        if torchrun:
+            os.execv(sys.executable, torchrun)  # torchrun's processes, signals and exit code as if typed
     try:
         args = guarded_on_rank_0(command, guard, args) if here.active else guard(args)
     except QuantlabError as e:

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from quantlab.engine import distributed
 from quantlab.engine.files import write_json_atomic
 from quantlab.errors import QuantlabError, WriteFailed
 
@@ -43,6 +44,7 @@ def new_session(start_step: int | None = None) -> dict[str, Any]:
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        **({"processes": world} if (world := distributed.ranks().world) > 1 else {}),
         "status": "running",
         **({} if start_step is None else {"from_step": start_step}),
     }

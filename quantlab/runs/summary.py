@@ -50,3 +50,29 @@ def print_sweep(result: SweepResult, title: str) -> None:
             *([mode] if has_modes else []),
         )
     console.print(table)
+
+
+def print_export(records: list[dict[str, Any]], title: str) -> None:
+    """One row per export: accuracies in onnxruntime and in quantlab, agreement, throughputs."""
+    from rich.table import Table
+
+    table = Table(
+        title=title, caption="ORT: the ONNX model in onnxruntime (CPU); ours: quantlab's fake quantization"
+    )
+    columns = ("pair", "mode", "ORT top-1", "ours top-1", "agree %", "max Δlogit", "ORT img/s", "ours img/s")
+    for column in (*columns, "status"):
+        table.add_column(column, justify="left" if column in ("pair", "mode", "status") else "right")
+    for r in records:
+        v = r["verification"]
+        table.add_row(
+            r["pair"],
+            r["mode"],
+            f"{v['onnx_acc']:.2f}",
+            f"{v['fake_quant_acc']:.2f}",
+            f"{v['agreement']:.2f}",
+            f"{v['max_logit_diff']:.3g}",
+            f"{v['onnxruntime_images_per_s']:,.0f}",
+            f"{v['fake_quant_images_per_s']:,.0f}",
+            r["status"],
+        )
+    console.print(table)

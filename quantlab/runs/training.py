@@ -1,11 +1,13 @@
 """A training run's session: how it starts (new, resumed, or nothing to do), the run log opened
 (continued, for a resume), the trainer built from the config and brought to the checkpoint's state,
-SIGINT / SIGTERM turned into a stop at the next step boundary, and the method's report recorded."""
+SIGINT / SIGTERM (and submitit's preemption signal) turned into a stop at the next step boundary,
+and the method's report recorded."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -82,21 +84,34 @@ class StopOnSignals:
     """SIGINT and SIGTERM (what SLURM sends before preemption) for a run's whole life: while its
     trainer trains, the trainer stops at the next step boundary and writes last.pt; at any other time
     (loading data, testing, the PTQ sweep) the run stops at once. Either way it ends as Interrupted
-    (status interrupted, exit 130 / 143). A second signal gets the default behaviour."""
+    (status interrupted, exit 130 / 143). A second signal gets the default behaviour.
+
+    In a job that submitit started (hydra/launcher=slurm, slurm_ddp, submitit_local), its preemption
+    and time-out signal (SUBMITIT_PREEMPT_SIGNAL, USR2 unless set) stops the run the same way, then
+    hands the signal to submitit's own handler, which requeues the job (rank 0; the Hydra launcher's
+    `checkpoint` resubmits it with the same overrides). The requeued job finds its run in its own
+    directory and continues it from last.pt (see `requeued`)."""
 
     def __init__(self) -> None:
         self.trainer: Trainer | None = None
         self.previous: dict[int, Any] = {}
+        self.requeue_signal = submitit_signal()
+        self.requeue: Any = None  # submitit's handler, called once the run stopped on its signal
 
     def __enter__(self) -> StopOnSignals:
         if threading.current_thread() is threading.main_thread():  # e.g. not in joblib's threads
-            self.previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-            for s in STOP_SIGNALS:
+            signals = [*STOP_SIGNALS, *([self.requeue_signal] if self.requeue_signal else [])]
+            self.previous = {s: signal.getsignal(s) for s in signals}
+            for s in signals:
                 signal.signal(s, self.handler)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
         self.restore()
+        requeue, self.requeue = self.requeue, None
+        if isinstance(error, Interrupted) and callable(requeue):
+            log.info("preempted: last.pt written; submitit requeues the job, which continues from it")
+            requeue(self.requeue_signal, None)  # rank 0: resubmit and exit; other ranks: return
 
     def restore(self) -> None:
         for s, h in self.previous.items():
@@ -104,11 +119,31 @@ class StopOnSignals:
         self.previous = {}
 
     def handler(self, signum: int, frame: Any) -> None:
+        if signum == self.requeue_signal:
+            self.requeue = self.previous.get(signum)
         self.restore()
         if self.trainer is not None and self.trainer.fitting:
             self.trainer.stop_requested = signum
         else:
             raise Interrupted(f"stopped by {signal.Signals(signum).name}", signum)
+
+
+def submitit_signal() -> int | None:
+    """The signal submitit sends a job it should checkpoint and requeue; None outside submitit."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return getattr(signal, f"SIG{name}", None)
+
+
+def requeued(cfg_resume: Any, run_dir: Path, multirun: bool) -> Any:
+    """The resume a job runs with. A job of a sweep finds a run in its own directory only when its
+    launcher started it again (submitit's requeue after a preemption: the same overrides, the same
+    directory; a sweep started afresh refuses a directory with runs): it continues as resume=auto."""
+    if cfg_resume or not multirun or not (run_dir / "results.json").is_file():
+        return cfg_resume
+    log.info(f"{run_dir}: this job ran here before (requeued); continuing it from checkpoints/last.pt")
+    return "auto"
 
 
 def record_report(

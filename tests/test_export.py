@@ -1,0 +1,261 @@
+"""`quantlab export` (issue 18): the PTQ variant as QDQ ONNX, run in onnxruntime's CPU provider.
+
+Tolerances. At 8 bits (and for binary weights) onnxruntime's top-1 equals quantlab's fake-quantized
+top-1 within 0.1 points with ≥ 99.5 % argmax agreement. At w4a4 the tests allow 1.5 points and 97.5 %:
+onnxruntime fuses each DequantizeLinear → Conv → QuantizeLinear into an integer kernel that rounds
+the float bias to the accumulator's grid (int32, scale s_x·s_w) and requantizes the integer sum
+once, where quantlab's simulation adds the bias in float (as the PTQ sweep defines it); at 4 bits one
+rounding step is 1/15 of a range, so the few activations that land on the other side of a rounding
+boundary move by a whole step (measured on the 360 digits test images: 0–5 images disagree; with
+the graph optimizations off, i.e. float kernels, none do). Rounding the bias to that grid in the
+simulation removes most of it (5 → 1 disagreeing images on small_cnn).
+
+mobilenetv2 needs 0.6 points (two of the 360 images) and 99 % at w8a8 as well: its depthwise 3×3
+convolutions sum 9 products each through 17 blocks, and onnxruntime's integer kernels put 2 of the
+360 test images on the other side of a decision. At w4a4 PTQ leaves it at ~61 % top-1, a network
+whose every prediction hangs on single rounding steps: the integer kernels agree with quantlab on
+about half of the images, and no deployed tolerance is asserted there (the export reports it as a
+mismatch).
+
+Every case, mobilenetv2 at w4a4 included, also runs with onnxruntime's graph optimizations off
+(float kernels, each node as written): there the ONNX graph computes quantlab's fake-quantized
+network — top-1 within 0.1 points, ≥ 99.5 % agreement (measured: equal logits on mobilenetv2 w4a4).
+That is the check that the export writes the sweep's sites, grids and ranges.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from tests.conftest import quantlab  # noqa: E402
+
+STRICT = (0.1, 99.5)  # points of top-1, % argmax agreement
+FOUR_BITS = (1.5, 97.5)  # see the module docstring
+
+
+def _trained(tmp_path: Path, overrides: list[str], epochs: int):
+    """A trainer fitted in-process on digits for `epochs`, and its method's export."""
+    from quantlab.runs.builders import trainer_for
+
+    trainer = trainer_for([*overrides, f"schedule.epochs={epochs}"], tmp_path / "run")
+    trainer.fit()
+    return trainer, trainer.method.export(trainer.model).eval()
+
+
+def _export(trainer, network, pair, out: Path) -> dict:
+    from quantlab.quant.sweep import PTQSettings
+    from quantlab.runs.export import export_network
+
+    return export_network(network, trainer.method, trainer.data, pair, PTQSettings(), out)
+
+
+def _onnx_weights(path: Path) -> dict[str, np.ndarray]:
+    """The integer weight initializers of the ONNX file (what DequantizeLinear reads before a layer)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {
+        n.input[0]: values[n.input[0]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and "_weight_q" in n.input[0]
+    }
+
+
+def _check(record: dict, pair, tolerance) -> None:
+    """As deployed (onnxruntime's integer kernels) within `tolerance` (None: not asserted, see the
+    module docstring); with float kernels the ONNX graph is the fake-quantized network (STRICT)."""
+    v = record["verification"]
+    exact = v["float_kernels"]
+    assert abs(exact["onnx_acc"] - v["fake_quant_acc"]) <= STRICT[0] and exact["agreement"] >= STRICT[1], v
+    assert exact["within_tolerance"], v
+    if tolerance is not None:
+        points, agreement = tolerance
+        assert abs(v["onnx_acc"] - v["fake_quant_acc"]) <= points, v
+        assert v["agreement"] >= agreement, v
+
+
+def _at_most_levels_per_channel(path: Path, bits: int) -> None:
+    weights = _onnx_weights(path)
+    assert weights
+    for name, q in weights.items():
+        per_channel = q.reshape(q.shape[0], -1)
+        most = max(len(np.unique(row)) for row in per_channel)
+        assert most <= 2**bits, (name, most)
+
+
+DEPTHWISE = (0.6, 99.0)  # mobilenetv2 at w8a8: see the module docstring
+CASES = [  # model, epochs on digits (trained: few test images on a decision boundary), w8a8, w4a4
+    ("small_cnn", 30, STRICT, FOUR_BITS),
+    ("lenet5", 30, STRICT, FOUR_BITS),
+    ("vgg_small", 5, STRICT, FOUR_BITS),
+    pytest.param("resnet18", 3, STRICT, FOUR_BITS, marks=pytest.mark.slow),
+    pytest.param("mobilenetv2", 15, DEPTHWISE, None, marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize(("model", "epochs", "w8a8", "w4a4"), CASES)
+def test_onnxruntime_runs_the_export_as_quantlab_evaluates_it(tmp_path, model, epochs, w8a8, w4a4):
+    """w8a8 and w4a4: onnxruntime's top-1 and argmax agree with the fake-quantized network; its
+    accuracy is the PTQ sweep's number for the pair (same sites, grids, ranges and calibration);
+    the stored weights take at most 2^b values per channel."""
+    from quantlab.data import make_loader
+    from quantlab.quant.sweep import PTQSettings, run_sweep
+
+    trainer, network = _trained(tmp_path, [f"model={model}"], epochs)
+    for pair, tolerance in (((8, 8), w8a8), ((4, 4), w4a4)):
+        out = tmp_path / f"w{pair[0]}"
+        record = _export(trainer, network, pair, out)
+        _check(record, pair, tolerance)
+        _at_most_levels_per_channel(out / "model.onnx", pair[0])
+        data = trainer.data
+        test = make_loader(data.test, 256, train=False)
+        calibration = make_loader(data.calibration, 256, train=True, seed=0)
+        (entry,) = run_sweep(network, [pair], PTQSettings(), calibration, test).entries
+        assert record["verification"]["fake_quant_acc"] == pytest.approx(entry["acc"], abs=1e-9)
+        assert {s["type"] for s in record["sites"]} <= {"int8", "uint8"}
+        weight_types = {layer["type"] for layer in record["layers"]}
+        assert weight_types == ({"int8"} if pair[0] == 8 else {"int4"}), weight_types
+
+
+def test_a_binary_network_is_exported_with_its_exact_levels(tmp_path):
+    """md_tanh_s: every conv / linear weight stored as ±1 (int4) with its scale; onnxruntime's
+    outputs equal quantlab's (the weights are exact, activations on the 8-bit grid)."""
+    trainer, network = _trained(tmp_path, ["method=md_tanh_s", "model=small_cnn"], 30)
+    record = _export(trainer, network, (8, 8), tmp_path / "out")
+    _check(record, (8, 8), STRICT)
+    assert record["status"] == "verified" and record["mode"] == "ignore"  # its own 1-bit grid
+    for name, q in _onnx_weights(tmp_path / "out" / "model.onnx").items():
+        assert set(np.unique(q)) <= {-1, 1}, name
+    assert {layer["type"] for layer in record["layers"]} == {"int4"}
+    assert all(layer["levels_per_channel"] <= 2 for layer in record["layers"])
+
+
+def test_storage_types_and_exact_levels():
+    from quantlab.quant.onnx_graph import exact_levels, storage_type
+    from quantlab.quant.uniform import tensor_codes
+
+    assert storage_type(-7, 7).name == "int4" and storage_type(0, 15).name == "uint4"
+    assert storage_type(-127, 127).name == "int8" and storage_type(0, 255).name == "uint8"
+    assert storage_type(-31, 31).name == "int8"  # 6 bits carried in int8 (Clip to the grid)
+    assert storage_type(0, 15, four_bit=False).name == "uint8"
+    assert storage_type(-32767, 32767).name == "int16"
+    # ternary weights on an 8-bit grid: {−127, 0, 127}·(a/127) → {−1, 0, 1}·a, the same floats
+    w = torch.tensor([[0.5, -0.5, 0.0, 0.5], [0.0, 0.25, -0.25, 0.25]])
+    codes = tensor_codes(w, 8, True, 0)
+    levels = exact_levels(codes)
+    assert (levels.q_min, levels.q_max) == (-1, 1)
+    assert set(levels.q.unique().tolist()) == {-1.0, 0.0, 1.0}
+    assert torch.equal(levels.dequantize(), codes.dequantize())
+    general = tensor_codes(torch.randn(4, 9), 8, True, 0)
+    assert exact_levels(general) is general
+
+
+def test_an_operator_without_an_onnx_form_is_named(tmp_path):
+    from torch import nn
+    from torch.fx import symbolic_trace
+
+    from quantlab.quant.onnx_graph import NotExportable, check_exportable
+
+    model = symbolic_trace(nn.Sequential(nn.Conv2d(1, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(144, 10)))
+    with pytest.raises(NotExportable, match="GELU has no ONNX export"):
+        check_exportable(model, torch.zeros(1, 1, 8, 8))
+
+
+def test_adaptive_pooling_windows_match_torch():
+    """Adaptive pooling that is not a whole number of windows (lenet5's 4×4 → 5×5 on digits) is one
+    reduction per output cell: the same windows as torch."""
+    import onnxruntime as ort
+    from torch import nn
+    from torch.fx import symbolic_trace
+
+    from quantlab.quant.onnx_graph import to_onnx
+
+    for pool in (nn.AdaptiveMaxPool2d(5), nn.AdaptiveAvgPool2d((3, 2)), nn.AdaptiveAvgPool2d(2)):
+        model = symbolic_trace(nn.Sequential(pool, nn.Flatten()))
+        x = torch.randn(3, 2, 4, 7)
+        proto = to_onnx(model, {}, x).model
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        (out,) = session.run(None, {"input": x.numpy()})
+        torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=0, atol=1e-6, msg=str(pool))
+
+
+def test_export_command_writes_a_verified_model_and_never_touches_the_run(tmp_path):
+    """`quantlab train ... export=[w8a8]` exports at the end; `quantlab export run=... bits=...`
+    writes model.onnx + export.json into a new directory and leaves the run as it was."""
+    run = tmp_path / "run"
+    quantlab("train", "export=[w8a8]", f"hydra.run.dir={run}", cwd=tmp_path)  # 30 epochs: 99 %
+    results = json.loads((run / "results.json").read_text())
+    (entry,) = results["export"]
+    assert entry["pair"] == "w8a8" and entry["status"] == "verified"
+    assert (run / "export" / "w8a8" / "model.onnx").is_file()
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    out = tmp_path / "exported"
+    proc = quantlab("export", f"run={run}", "bits=w8a8", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert "verified" in proc.stderr and "ORT top-1" in proc.stderr  # the console is stderr
+    record = json.loads((out / "export.json").read_text())
+    assert record["status"] == "verified" and record["pair"] == "w8a8"
+    assert record["verification"]["onnx_acc"] == entry["onnx_acc"]
+    ptq = {e["pair"]: e["acc"] for e in results["ptq"]}
+    assert record["verification"]["fake_quant_acc"] == pytest.approx(ptq["w8a8"], abs=1e-9)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "export.json",
+        "export.log",
+        "model.onnx",
+    ]
+
+    # bad input: one line, exit 2, nothing written
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    for name in ("config.yaml", "checkpoints"):
+        os.symlink(run / name, failed / name)
+    (failed / "results.json").write_text(json.dumps({**results, "status": "failed"}))
+    for args, field in (
+        ([f"run={failed}", "bits=w8a8"], "not completed"),
+        ([f"run={run}", "bits=w0a8"], "bits[0]"),
+        ([f"run={run}", "bits=w8a17"], "bits[1]"),
+        ([f"run={run}", "bits=8"], "bits=8"),
+        ([f"run={run}", "bits=w8a8", "tolerance.agreement=-1"], "tolerance.agreement"),
+    ):
+        target = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
+        proc = quantlab("export", *args, f"hydra.run.dir={target}", cwd=tmp_path, check=False)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and field in lines[0], proc.stderr
+        assert not target.exists()
+
+
+def test_without_the_extra_the_command_says_how_to_install_it(tmp_path):
+    from tests.conftest import cli_env
+
+    blocker = tmp_path / "blocked"
+    (blocker / "onnxruntime").mkdir(parents=True)
+    (blocker / "onnxruntime" / "__init__.py").write_text("raise ImportError('blocked for the test')\n")
+    env = cli_env(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(blocker), env["PYTHONPATH"]])
+    proc = quantlab("export", "run=x", "bits=w8a8", cwd=tmp_path, check=False, env=env)
+    assert proc.returncode == 2 and "pip install 'quantlab[export]'" in proc.stderr, proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_mismatch_is_reported_with_its_status_and_exit_code(tmp_path):
+    """A tolerance the export cannot meet (agreement above 100 %) is a mismatch: exit 1, the status
+    in export.json, the numbers on one line."""
+    run = tmp_path / "run"
+    quantlab("train", "schedule.epochs=2", "bitwidth.sweep=[[8,8]]", f"hydra.run.dir={run}", cwd=tmp_path)
+    out = tmp_path / "exported"
+    args = [f"run={run}", "bits=w8a8", "tolerance.agreement=100.5", f"hydra.run.dir={out}"]
+    proc = quantlab("export", *args, cwd=tmp_path, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "agreement" in proc.stderr.strip().splitlines()[-1]
+    assert json.loads((out / "export.json").read_text())["status"] == "mismatch"
