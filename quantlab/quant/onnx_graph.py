@@ -55,6 +55,9 @@ INTEGER_TYPES = (
 )
 
 
+NUMPY_TYPES = {"uint8": np.uint8, "int8": np.int8, "uint16": np.uint16, "int16": np.int16}
+
+
 class NotExportable(ConfigError):
     """The network has an operator (or a setting of one) the ONNX export does not write."""
 
@@ -132,9 +135,20 @@ class GraphWriter:
         return name
 
     def integer(self, hint: str, values: np.ndarray, kind: IntegerType) -> str:
+        """An integer initializer: raw bytes for 8 and 16 bits, two values per byte for 4 bits."""
+        from onnx import numpy_helper
+
         name = self.fresh(hint)
-        flat = [int(v) for v in np.asarray(values, dtype=np.int64).reshape(-1)]
-        self.initializers.append(self.helper.make_tensor(name, kind.onnx_type, list(values.shape), flat))
+        values = np.asarray(values).astype(np.int64)
+        if kind.name in NUMPY_TYPES:
+            self.initializers.append(numpy_helper.from_array(values.astype(NUMPY_TYPES[kind.name]), name))
+        else:  # int4 / uint4: two per byte, the first in the low nibble (the ONNX layout)
+            nibbles = (values.reshape(-1) & 0xF).astype(np.uint8)
+            if len(nibbles) % 2:
+                nibbles = np.append(nibbles, np.uint8(0))
+            packed = (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
+            shape = list(values.shape)
+            self.initializers.append(self.helper.make_tensor(name, kind.onnx_type, shape, packed, raw=True))
         return name
 
     def node(self, op: str, inputs: list[str], hint: str, **attributes: Any) -> str:
