@@ -35,6 +35,7 @@ from quantlab.quant.onnx_graph import OPSET, check_exportable, to_onnx
 from quantlab.quant.sweep import PTQSettings, PTQSweep, Variant, evaluate_variants, pair_name, plan
 from quantlab.quant.uniform import Codes, tensor_codes
 from quantlab.runs.config import override_key
+from quantlab.runs.sweep import folds_batch_norm
 
 log = logging.getLogger("quantlab")
 
@@ -80,9 +81,8 @@ def export_settings(run_cfg: Any, cfg: Any, overrides: list[str]) -> dict[str, A
 
 
 def sweep_for(network: nn.Module, method: Method, settings: PTQSettings) -> PTQSweep:
-    """The PTQ sweep's network for `network` (folded as `quantlab.runs.sweep` folds it)."""
-    fold = (not method.traits.exported_differs) if settings.fold_bn == "auto" else bool(settings.fold_bn)
-    return PTQSweep(network, settings, fold)
+    """The PTQ sweep's network for `network` (folded as the sweep of `quantlab train` folds it)."""
+    return PTQSweep(network, settings, folds_batch_norm(method, settings))
 
 
 def weight_codes(sweep: PTQSweep, built: nn.Module, variant: Variant) -> dict[str, Codes]:

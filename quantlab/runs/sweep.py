@@ -30,6 +30,12 @@ def wants_sweep(settings: PTQSettings, traits: Traits, pairs: Sequence[Pair]) ->
     return bool(settings.enabled)
 
 
+def folds_batch_norm(method: Method, settings: PTQSettings) -> bool:
+    """ptq.fold_bn: auto folds batch norm for networks whose export is the trained network (float
+    weights), not for binary / ternary exports."""
+    return (not method.traits.exported_differs) if settings.fold_bn == "auto" else bool(settings.fold_bn)
+
+
 def sweep_network(
     network: nn.Module,
     pairs: Sequence[Pair],
@@ -41,7 +47,7 @@ def sweep_network(
     reference: Sequence[tuple[Tensor, Tensor]] | None = None,
 ) -> SweepResult:
     """The sweep of `network` (the method's export) with calibration batches from the training images."""
-    fold = (not method.traits.exported_differs) if settings.fold_bn == "auto" else bool(settings.fold_bn)
+    fold = folds_batch_norm(method, settings)
     device = next(iter(network.parameters())).device
     calibration = make_loader(data.calibration, test_loader.batch_size, train=True, seed=seed, device=device)
     names = ", ".join(f"w{w}a{'fp' if a is None else a}" for w, a in pairs)
