@@ -53,12 +53,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     data = build(run_cfg.dataset)
     network, method, step = load_exported(source, which, run_cfg, torch.device("cpu"))
     tolerance = Tolerance(float(cfg.tolerance.acc_points), float(cfg.tolerance.agreement))
+    source_results = read_results(source)
     origin = {
         "run": str(source),
         "checkpoint": which,
         "step": step,
-        "status": read_results(source).get("status", "unknown"),
-        "choices": read_results(source).get("choices", {}),
+        "status": source_results.get("status", "unknown"),
+        "choices": source_results.get("choices", {}),
     }
     record = export_network(
         network,

@@ -1,5 +1,6 @@
 """One run on N processes with torch.distributed: who this process is, the process group, and the
-few collectives the runner needs (settling the run directory, agreeing to stop, reducing logged sums).
+few collectives the runner needs (settling the run directory, agreeing to stop, gathering checkpoint
+parts); tensor reductions over the ranks are quantlab.methods.replicas'.
 
 The ranks come from the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK); a SLURM job with
 several tasks gets the same variables from submitit's TorchDistributedEnvironment. The default group
@@ -120,13 +121,6 @@ def any_rank(flag: bool) -> bool:
     t = torch.tensor([int(flag)])
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
-
-
-def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
-    """The sum of `values` over the ranks (in place), on every rank."""
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(values)
-    return values
 
 
 def lost_peer(error: BaseException) -> bool:

@@ -30,6 +30,7 @@ from quantlab.engine.evaluate import autocast, evaluate, gradient_norms, resolve
 from quantlab.engine.progress import Progress
 from quantlab.engine.settings import TrainerSettings
 from quantlab.errors import ConfigError, Diverged, Interrupted
+from quantlab.methods import replicas
 from quantlab.methods.base import Method
 
 log = logging.getLogger("quantlab")
@@ -89,7 +90,7 @@ class Running:
         keys = sorted(self.terms)
         sums = [float(self.loss), float(self.correct), float(self.n), *(float(self.terms[k]) for k in keys)]
         if world > 1:
-            sums = distributed.sum_over_ranks(torch.tensor(sums, dtype=torch.float64)).tolist()
+            sums = replicas.sum_over_ranks(torch.tensor(sums, dtype=torch.float64)).tolist()
         loss, correct, n, *terms = sums
         values = {"train/loss": loss / n, "train/acc": 100.0 * correct / n, "lr": float(self.lr)}
         values.update({f"method/{k}": v / world / self.steps for k, v in zip(keys, terms, strict=True)})
