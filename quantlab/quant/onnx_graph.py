@@ -80,9 +80,9 @@ class IntegerType:
 def storage_type(q_min: int, q_max: int, four_bit: bool = True) -> IntegerType:
     """The narrowest ONNX integer type holding the grid [q_min, q_max]; `four_bit` false: at least 8
     bits (activations: onnxruntime 1.2x moves Q/DQ pairs across MaxPool, which has no int4 kernel)."""
-    for name, onnx_type, low, high in INTEGER_TYPES:
-        if (four_bit or high > 15) and low <= q_min and q_max <= high:
-            return IntegerType(name, onnx_type, low, high)
+    for kind in (IntegerType(*row) for row in INTEGER_TYPES):
+        if (four_bit or kind.high > 15) and kind.holds(q_min, q_max):
+            return kind
     raise NotExportable(f"an integer grid [{q_min}, {q_max}] wider than 16 bits")
 
 
