@@ -37,12 +37,23 @@ class Constant:
 
 
 class ExponentialStep:
-    """start · scale^k with k = ⌊t / interval⌋ (+1 when `count_zero`), clipped at `cap`.
+    """start · scale^k, clipped at `cap`, with k the multiplications made before step t runs.
 
     The MD paper's β schedule (β ← β·beta_scale every beta_scale_interval iterations) and its
-    learning-rate rule (lr ← lr·lr_scale every 30k iterations) are both this schedule. The public MD
-    code also multiplies at iteration 0 (`count_zero=True`). `cap` bounds the value in the
-    direction it moves: an upper bound when scale ≥ 1, a lower bound when scale < 1.
+    learning-rate rule (lr ← lr·lr_scale every 30k iterations) are both this schedule. When the
+    multiplication happens decides k:
+
+    - `applied="before_step"` (default): before steps I, 2I, …: k = ⌊t/I⌋;
+    - `applied="after_step"`: after steps 0, I, 2I, … (a loop that updates once its step is done,
+      when `it % I == 0`, as md-bnn's does for β and its StepLR): k = ⌈t/I⌉, so step 0 runs at
+      `start` and steps 1..I at start·scale;
+    - `skip_first=True`: the first multiplication leaves the value as it was: k → max(0, k − 1).
+      torch ≤ 1.0's `_LRScheduler.__init__` took `step(0)` itself and reset `last_epoch` to −1, so
+      the first explicit `scheduler.step()` re-applied epoch 0 (md-bnn pins torch 0.4.0).
+
+    `cap` bounds the value in the direction it moves: an upper bound when scale ≥ 1, a lower bound
+    when scale < 1. `count_zero` is for the configs of runs started before `applied` existed: it
+    means k = ⌊t/I⌋ + 1, the rule such a run trained with, so that it resumes as it ran.
     """
 
     def __init__(
@@ -52,17 +63,29 @@ class ExponentialStep:
         interval: int = 1,
         cap: float | None = None,
         unit: Unit = "step",
+        applied: Literal["before_step", "after_step"] = "before_step",
+        skip_first: bool = False,
         count_zero: bool = False,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval={interval}: must be > 0")
         if scale <= 0:
             raise ValueError(f"scale={scale}: must be > 0")
+        if applied not in ("before_step", "after_step"):
+            raise ValueError(f"applied={applied!r}: must be before_step or after_step")
         self.start, self.scale, self.interval = float(start), float(scale), int(interval)
-        self.cap, self.unit, self.count_zero = cap, unit, count_zero
+        self.cap, self.unit, self.applied = cap, unit, applied
+        self.skip_first, self.count_zero = bool(skip_first), bool(count_zero)
+
+    def multiplications(self, t: int) -> int:
+        """k: how many times `scale` has multiplied the value that step (or epoch) t uses."""
+        if self.count_zero:
+            return t // self.interval + 1
+        k = t // self.interval if self.applied == "before_step" else -(-t // self.interval)
+        return max(0, k - 1) if self.skip_first else k
 
     def __call__(self, step: int, epoch: int) -> float:
-        k = _clock(self.unit, step, epoch) // self.interval + (1 if self.count_zero else 0)
+        k = self.multiplications(_clock(self.unit, step, epoch))
         # Exponent in logs, clipped, so that huge k saturates at the cap instead of overflowing.
         value = self.start * math.exp(min(k * math.log(self.scale), 700.0))
         if self.cap is not None:

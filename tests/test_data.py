@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 
 from quantlab.data import make_loader, split_indices
 from quantlab.data.resident import ResidentImages
-from quantlab.errors import QuantlabError
+from quantlab.errors import ConfigError, QuantlabError
 from quantlab.runs.config import compose
 from tests.fakedata import WRITERS
 
@@ -129,6 +129,66 @@ def test_validation_split_is_fixed_and_disjoint():
     assert len(a_train) + len(a_val) == 100
     assert split_indices(100, 0.1, seed=0)[1].tolist() == a_val.tolist()
     assert not torch.equal(split_indices(100, 10, seed=1)[1], a_val)
+
+
+def test_validation_split_last_is_the_last_training_images():
+    train, val = split_indices(100, 10, seed=3, how="last")
+    assert val.tolist() == list(range(90, 100)) and train.tolist() == list(range(90))
+    assert split_indices(100, 0, seed=3, how="last")[1].numel() == 0
+    with pytest.raises(ConfigError, match="dataset.val_split='first': must be random or last"):
+        split_indices(100, 10, seed=0, how="first")
+
+
+def _cifar_rows(root: Path, batch: str):
+    import pickle
+
+    with open(root / "cifar-10-batches-py" / batch, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor([0.4914, 0.4822, 0.4465])[:, None, None]
+    std = torch.tensor([0.2470, 0.2435, 0.2616])[:, None, None]
+    return ((x * std + mean) * 255).round().to(torch.uint8)
+
+
+@pytest.mark.parametrize("loader", ["torchvision", "auto"])
+def test_md_bnn_validation_is_the_last_images_augmented(loader, tmp_path):
+    """md-bnn's CIFAR validation: `indices[45000:]` of the training set (the last rows of
+    data_batch_5), read through the training transform (random crop + flip)."""
+    WRITERS["cifar10"](tmp_path)
+    last = ["dataset.val_split=last", f"dataset.loader={loader}"]
+    plain = build("cifar10", tmp_path, *last)
+    raw = _cifar_rows(tmp_path, "data_batch_5")
+    for i in range(6):  # the last 6 of the 100 training images, in order, unaugmented
+        x, y = plain.val[i]
+        assert torch.equal(_pixels(x).flatten(), torch.as_tensor(raw["data"][14 + i]))
+        assert int(y) == raw["labels"][14 + i]
+    assert len(plain.train) == 94
+    augmented = build("cifar10", tmp_path, *last, "dataset.val_augment=true")
+    val = make_loader(augmented.val, 6, train=False)
+    first, again, other = (next(val.iterate(e))[0] for e in (0, 0, 1))
+    if loader == "auto":  # resident: the draws are a function of (seed, epoch, batch)
+        assert torch.equal(first, again) and not torch.equal(first, other)
+        assert augmented.val.augment == augmented.train.augment is not None
+    else:  # torchvision: the training transform itself
+        assert augmented.val.transform is augmented.train.transform
+    unaugmented = next(iter(make_loader(plain.val, 6, train=False)))[0]
+    assert not torch.equal(first, unaugmented)
+    torch.manual_seed(0)
+    assert torch.equal(unaugmented, next(iter(make_loader(plain.val, 6, train=False)))[0])
+
+
+def test_bad_val_split_is_refused_before_anything_runs():
+    from quantlab.runs.config import validate_train_config
+
+    with pytest.raises(ConfigError, match="dataset.val_split='first'"):
+        validate_train_config(compose(["dataset=cifar10", "dataset.val_split=first"]))
+
+
+def test_digits_val_split_last():
+    random, last = (instantiate(compose([f"dataset.val_split={h}"]).dataset) for h in ("random", "last"))
+    assert len(last.val) == len(random.val) == 180 and not torch.equal(last.val.x, random.val.x)
 
 
 def test_digits_embedded_splits():

@@ -252,23 +252,42 @@ def test_binary_connect_without_clipping_only_masks_the_gradient():
 
 
 @pytest.mark.parametrize("name", ["md_softmax_s", "pmf", "md_softmax"])
-def test_lift_init_independent_draws_each_level_from_the_md_init(name):
-    """lift_init=product: ũ⁰ = w⁰·q; independent (md-bnn): each level's ũ⁰_λ ~ xavier_uniform of a tensor
-    shaped like w (bound √(6/(fan_in + fan_out))), drawn apart from the others and from w."""
+def test_lift_init_independent_is_md_bnns_one_layer_init(name):
+    """lift_init=product: ũ⁰ = w⁰·q; independent: md-bnn's SLinear / SConv2d, one layer with out·d
+    outputs xavier_uniform-initialised as a whole (bound √(6/(fan_in + d·fan_out))), output channel
+    o·d + λ holding level λ of weight o (its `ucollapse` views d consecutive channels)."""
     torch.manual_seed(0)
     w = torch.empty(200, 300)
     nn.init.xavier_uniform_(w)
     q = torch.tensor(TERNARY)
     torch.testing.assert_close(build_method(name, "ternary").lift(w), w[..., None] * q)
-    u = build_method(name, "ternary", "method.lift_init=independent").lift(w)
-    bound = math.sqrt(6 / (300 + 200))
-    assert u.shape == (200, 300, 3) and u.abs().max() <= bound
+    method = build_method(name, "ternary", "method.lift_init=independent")
+    u = method.lift(w)
+    bound = math.sqrt(6 / (300 + 3 * 200))
+    assert u.shape == (200, 300, 3) and u.abs().max() <= bound and u.abs().max() > 0.99 * bound
     for level in range(3):
         assert float(u[..., level].std()) == pytest.approx(bound / math.sqrt(3), rel=0.02)
     corr = torch.corrcoef(torch.cat([u, w[..., None]], -1).reshape(-1, 4).T)
     assert corr.sub(torch.eye(4)).abs().max() < 0.02  # independent of each other and of w
-    bias = build_method(name, "ternary", "method.lift_init=independent").lift(torch.zeros(5000))
-    assert float(bias.std()) == pytest.approx(0.1, rel=0.05)  # 1-D: normal(0, 0.1)
+    # md-bnn's layers, re-derived: the same draws from the same generator state
+    for shape, make in (
+        ((7, 5), lambda d: nn.Linear(5, 7 * d)),
+        ((6, 4, 3, 3), lambda d: nn.Conv2d(4, 6 * d, 3)),
+    ):
+        for count in (3, 2):
+            layer = make(count)
+            torch.manual_seed(1)
+            nn.init.xavier_uniform_(layer.weight)
+            torch.manual_seed(1)
+            mine = build_method(name, "ternary" if count == 3 else "binary", "method.lift_init=independent")
+            got = mine.lift(torch.zeros(shape))
+            for o in range(shape[0]):
+                for lam in range(count):
+                    torch.testing.assert_close(
+                        got[o, ..., lam], layer.weight[o * count + lam], rtol=0, atol=0
+                    )
+    bias = method.lift(torch.zeros(5000))
+    assert float(bias.std()) == pytest.approx(0.1, rel=0.05)  # 1-D: normal(0, 0.1), as md-bnn's biases
     with pytest.raises(ConfigError, match="method.lift_init=independent"):
         build_method(name, "ternary", "method.lift_init=independent", "method.init=keep")
     with pytest.raises(ConfigError, match="method.lift_init='w'"):
@@ -424,25 +443,38 @@ def test_first_and_last_are_separate_scope_flags():
 
 
 def test_pq_star_scope_is_the_md_papers():
-    """Table 1 (binary) PQ*: biases, the last FC and shortcuts in float, the first conv quantized;
-    Table 5 (ternary) PQ*: the first conv, the last FC and shortcuts in float."""
+    """Table 1 (binary) PQ*: biases, the fully-connected layers and shortcuts in float, the first
+    conv quantized; Table 5 (ternary) PQ*: the first conv, the fully-connected layers and shortcuts
+    in float. VGG-16 has three FC layers (as md-bnn's): all three stay float."""
+    for extra in ([], ["bitwidth=ternary"]):
+        targets, _ = _quantized_paths(["method=pq_star", "model=vgg16", *extra])
+        model = build(compose(["model=vgg16"]).model, "model")
+        fcs = [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+        assert len(fcs) == 3 and not {p for p, _ in targets} & set(fcs), extra
     targets, layers = _quantized_paths(["method=pq_star", "model=vgg16"])  # conv biases
-    names = {p for p, _ in targets}
-    assert (
-        (layers[0], "weight") in targets
-        and layers[-1] not in names
-        and not any(n == "bias" for _, n in targets)
-    )
+    assert (layers[0], "weight") in targets and not any(n == "bias" for _, n in targets)
     targets, layers = _quantized_paths(["method=pq_star", "model=vgg16", "bitwidth=ternary"])
     names = {p for p, _ in targets}
     assert layers[0] not in names and layers[-1] not in names and any(n == "bias" for _, n in targets)
     targets, layers = _quantized_paths(["method=pq_star", "model=resnet18"])
     assert not any("downsample" in p for p, _ in targets) and any("downsample" in n for n in layers)
     for table in ("md_t1", "md_t5"):
-        cfg = compose([f"experiment={table}_cifar10_resnet18", "method=pq_star"])
+        cfg = compose([f"experiment={table}_cifar10_vgg16", "method=pq_star"])
         scope = cfg.method.scope
-        assert (scope.first, scope.last, scope.shortcut) == (table == "md_t1", False, False), table
+        assert (scope.first, scope.fc, scope.shortcut) == (table == "md_t1", False, False), table
         assert scope.bias is False or table == "md_t5"
+        method = build(cfg.method, "method")
+        method.prepare(build(cfg.model, "model"))
+        assert not any(p.startswith("classifier.") for p, _ in method.targets), table
+
+
+def test_fc_scope_flag_keeps_every_linear_layer_in_float():
+    targets, layers = _quantized_paths(["method=md_tanh_s", "model=vgg16", "method.scope.fc=false"])
+    model = build(compose(["model=vgg16"]).model, "model")
+    kinds = {n: type(mod) for n, mod in model.named_modules()}
+    assert {p for p, _ in targets} == {n for n in layers if kinds[n] is nn.Conv2d}
+    targets, _ = _quantized_paths(["method=md_tanh_s", "model=vgg16", "method.scope.last=false"])
+    assert {p for p, _ in targets if kinds[p] is nn.Linear} == {"classifier.1", "classifier.4"}
 
 
 def test_quantized_methods_use_batch_norm_without_parameters():

@@ -18,14 +18,31 @@ def test_exponential_step_matches_md_rule(step):
     assert sched(step, 0) == pytest.approx(1.02 ** (step // 200), rel=1e-12)
 
 
-def test_exponential_step_public_code_variant_and_cap():
-    # The public MD code also multiplies at iteration 0; the cap bounds the growth.
-    sched = S.ExponentialStep(start=1.0, scale=1.1, interval=10, cap=2.0, count_zero=True)
-    assert sched(0, 0) == pytest.approx(1.1)
-    assert sched(10, 0) == pytest.approx(1.21)
+@pytest.mark.parametrize("t", [0, 1, 9, 10, 11, 20, 21, 95])
+def test_exponential_step_after_the_step_and_skipping_the_first(t):
+    # A loop that multiplies after step `it` when it % 10 == 0: step t has seen ⌈t/10⌉ of them;
+    # torch 0.4's StepLR ignores the first (md-bnn's lr), so one fewer.
+    after = S.ExponentialStep(scale=2.0, interval=10, applied="after_step")
+    skipped = S.ExponentialStep(scale=2.0, interval=10, applied="after_step", skip_first=True)
+    multiplied = []
+    for it in range(t):  # the loop itself: step `it` runs, then the update
+        if it % 10 == 0:
+            multiplied.append(it)
+    assert after(t, 0) == pytest.approx(2.0 ** len(multiplied))
+    assert skipped(t, 0) == pytest.approx(2.0 ** max(0, len(multiplied) - 1))
+
+
+def test_exponential_step_cap_and_the_legacy_count_zero():
+    sched = S.ExponentialStep(start=1.0, scale=1.1, interval=10, cap=2.0, applied="after_step")
+    assert sched(0, 0) == 1.0 and sched(1, 0) == pytest.approx(1.1) and sched(11, 0) == pytest.approx(1.21)
     assert sched(10**7, 0) == 2.0
     # Enormous exponents saturate instead of overflowing.
     assert S.ExponentialStep(scale=10.0, interval=1, cap=1e35)(10**6, 0) == 1e35
+    # configs of runs started before `applied` existed keep their rule (k = ⌊t/I⌋ + 1) on resume
+    legacy = S.ExponentialStep(scale=1.1, interval=10, count_zero=True)
+    assert [legacy(t, 0) for t in (0, 9, 10)] == pytest.approx([1.1, 1.1, 1.21])
+    with pytest.raises(ValueError, match="applied='later'"):
+        S.ExponentialStep(applied="later")
 
 
 def test_exponential_step_as_lr_decay():

@@ -110,8 +110,99 @@ def test_iterations_budget_and_lr_schedule(tmp_path):
     trainer.fit()
     runlog.close()
     assert trainer.clock.step == 25 and trainer.epochs == 2
-    # step 24: two halvings, and the one md_cifar takes at iteration 0 (the public MD code's count_zero)
-    assert trainer.opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
+    # md_cifar's lr is md-bnn's under torch 0.4: the factor of step t is 0.5^max(0, ⌊(t − 1)/10⌋)
+    assert trainer.opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**2)  # step 24
+
+
+def test_the_lr_and_beta_a_step_uses_are_the_schedules_values_at_that_step(tmp_path):
+    """The contract md_cifar's presets rely on: iteration t trains with lr·schedule.lr(t) and with
+    β = schedule.beta(t) (md-bnn: β₀ at iteration 0, β₀·scale from iteration 1)."""
+    from quantlab.runs.build import build
+
+    cfg = compose(
+        [
+            *OVERRIDES,
+            "method=md_tanh_s",
+            "schedule=md_cifar",
+            "schedule.batch_size=64",
+            "schedule.iterations=23",
+            "schedule.lr.interval=10",
+            "schedule.lr.scale=0.5",
+            "schedule.beta.interval=4",
+            "schedule.beta.scale=2",
+        ]
+    )
+    torch.manual_seed(0)
+    method = build(cfg.method, "method")
+    trainer = Trainer(
+        instantiate(cfg.model), method, instantiate(cfg.dataset), TrainerSettings.from_config(cfg), tmp_path
+    )
+    used = []
+    step = trainer.train_step
+
+    def recording(x, y):
+        used.append((trainer.opt.param_groups[0]["initial_lr"], method.beta.value))
+        out = step(x, y)
+        used[-1] = (out.lr, used[-1][1])  # the lr the optimizer stepped with
+        return out
+
+    trainer.train_step = recording
+    trainer.fit()
+    lr0 = float(cfg.schedule.optimizer.lr)
+    assert [lr for lr, _ in used] == pytest.approx([lr0 * 0.5 ** max(0, (t - 1) // 10) for t in range(23)])
+    assert [b for _, b in used] == pytest.approx(
+        [1.0 if t == 0 else 2.0 ** (1 + (t - 1) // 4) for t in range(23)]
+    )
+
+
+def _validated_steps(tmp_path, *extra):
+    trainer, runlog = make(tmp_path, ToyMethod(), *extra)
+    seen = []
+    validate = trainer.validate
+
+    def recording():
+        seen.append((trainer.clock.epoch, trainer.clock.batch, trainer.clock.step))
+        return validate()
+
+    trainer.validate = recording
+    trainer.fit()
+    runlog.close()
+    return trainer, seen
+
+
+def md_bnn_eval_steps(per_epoch: int, every: int, epochs: int) -> list[int]:
+    """The steps done when md-bnn evaluates: `for i, batch in enumerate(train_loader): train_step;
+    if i % log_interval == 0: evaluate`, then once more at each epoch's end (the same weights
+    evaluated twice in a row count once)."""
+    steps, done = [], 0
+    for _ in range(epochs):
+        for i in range(per_epoch):
+            done += 1
+            if i % every == 0:
+                steps.append(done)
+        if steps[-1] != done:
+            steps.append(done)
+    return steps
+
+
+@pytest.mark.parametrize("every", [2, 3, 4])
+def test_eval_unit_batch_is_md_bnns_cadence(tmp_path, every):
+    trainer, seen = _validated_steps(tmp_path, "trainer.eval_unit=batch", f"trainer.eval_every={every}")
+    expected = md_bnn_eval_steps(trainer.steps_per_epoch, every, 2)
+    assert [step for _, _, step in seen] == expected
+    assert len(set(expected)) == len(expected) and trainer.steps_per_epoch in expected
+
+
+def test_select_ties_keep_replaces_best_only_when_strictly_better(tmp_path):
+    trainer, runlog = make(tmp_path, ToyMethod(), "trainer.select_by=val/acc", "trainer.select_ties=keep")
+    runlog.close()
+    assert trainer.score({"val/acc": 90.0, "val/loss": 0.5}) == (90.0,)
+    assert not trainer.score({"val/acc": 90.0, "val/loss": 0.1}) > trainer.score(
+        {"val/acc": 90.0, "val/loss": 0.5}
+    )
+    other, runlog = make(tmp_path / "loss", ToyMethod(), "trainer.select_by=val/acc")
+    runlog.close()
+    assert other.score({"val/acc": 90.0, "val/loss": 0.1}) > other.score({"val/acc": 90.0, "val/loss": 0.5})
 
 
 def test_model_selection_uses_validation(tmp_path):

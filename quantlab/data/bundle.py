@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from quantlab.errors import ConfigError
+
 
 @dataclass
 class DataBundle:
@@ -31,19 +33,52 @@ class DataBundle:
         return self.num_classes >= 100
 
 
-def split_indices(n: int, val_size: int | float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Carve a validation split out of `n` training samples with a fixed seed.
+VAL_SPLITS = ("random", "last")
 
-    `val_size` is a count (int ≥ 1) or a fraction in (0, 1); 0 means no validation split.
-    Returns (train_indices, val_indices); the same (n, val_size, seed) always gives the same split.
+
+def check_val_split(how: str) -> str:
+    """`dataset.val_split` is random or last (a ConfigError naming the field otherwise)."""
+    if how not in VAL_SPLITS:
+        raise ConfigError(f"dataset.val_split={how!r}: must be random or last")
+    return how
+
+
+def split_indices(
+    n: int, val_size: int | float, seed: int, how: str = "random"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Carve a validation split out of `n` training samples.
+
+    `val_size` is a count (int ≥ 1) or a fraction in (0, 1); 0 means no validation split. `how`:
+    `random`, a random subset drawn with `seed` (the same (n, val_size, seed) always gives the same
+    split), or `last`, the last `val_size` samples in the dataset's own order (md-bnn's
+    `indices[45000:]` on CIFAR). Returns (train_indices, val_indices), each in increasing order.
     """
+    check_val_split(how)
     if isinstance(val_size, float) and 0 < val_size < 1:
         val_size = int(round(n * val_size))
     val_size = int(val_size)
     if not 0 <= val_size < n:
         raise ValueError(f"dataset.val_size={val_size}: must be in 0..{n - 1} (the training set has {n})")
+    if how == "last":
+        return torch.arange(n - val_size), torch.arange(n - val_size, n)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+@dataclass(frozen=True)
+class Validation:
+    """How a builder carves its validation split from the training set: `size` images (a count or a
+    fraction; 0: none), chosen `split` = random (with `seed`) or last, served with the evaluation
+    transform or, with `augment`, the training augmentation (md-bnn's validation)."""
+
+    size: int | float = 5000
+    seed: int = 0
+    split: str = "random"
+    augment: bool = False
+
+    def indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train_indices, val_indices) of a training set of `n` images."""
+        return split_indices(n, self.size, self.seed, self.split)
 
 
 class TensorSplit(Dataset):

@@ -16,12 +16,14 @@ def digits(
     val_size: int | float = 180,
     test_size: int | float = 360,
     split_seed: int = 0,
+    val_split: str = "random",
     **_: object,
 ) -> DataBundle:
     """scikit-learn's 1,797 real 8x8 handwritten digits (10 classes), shipped inside the package.
 
-    A fixed test split (`test_size`) is held out first, then `val_size` of the rest is carved
-    for validation; both with `split_seed`. Pixels are standardized with training statistics.
+    A fixed test split (`test_size`) is held out first (with `split_seed`), then `val_size` of the
+    rest is carved for validation (`val_split`: random with `split_seed`, or the last ones).
+    Pixels are standardized with training statistics.
     """
     from sklearn.datasets import load_digits
 
@@ -29,7 +31,7 @@ def digits(
     x = torch.tensor(raw.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     y = torch.tensor(raw.target, dtype=torch.long)
     rest, test = split_indices(len(y), test_size, split_seed)
-    train_local, val_local = split_indices(len(rest), val_size, split_seed + 1)
+    train_local, val_local = split_indices(len(rest), val_size, split_seed + 1, val_split)
     train, val = rest[train_local], rest[val_local]
     x_train, x_val, x_test = _standardize(x[train], x[val], x[test])
     return DataBundle(

@@ -126,12 +126,14 @@ class TensorLoader(_InMemoryLoader):
 
 class ResidentLoader(_InMemoryLoader):
     """Batches of a `ResidentImages` split on `device`, in the epoch's fixed order (`epoch_order`),
-    augmented (training loaders only) with randomness from (seed, epoch, batch) alone."""
+    augmented where the split says so (training splits; validation with `dataset.val_augment`) with
+    randomness from (seed, epoch, batch) alone: an evaluation loader draws new crops and flips for
+    each `epoch` it is iterated with."""
 
     def load(self, data: ResidentImages) -> None:
         device = self.device
         self.data = data
-        self.augment = data.augment if self.shuffle else None  # evaluation loaders never augment
+        self.augment = data.augment  # training splits; a validation split only with dataset.val_augment
         self.images, self.labels = data.store.on(device)
         self.indices = data.indices.to(device)
         shape = (1, -1, 1, 1)

@@ -1,7 +1,9 @@
 """torchvision-backed datasets: MNIST, Fashion-MNIST, CIFAR-10/100, SVHN, TinyImageNet, ImageNet.
 
-Each builder returns train (augmented) / val (carved from train with a fixed seed, evaluation
-transform) / test. The root comes from `dataset.root` or the QUANTLAB_DATA environment variable.
+Each builder returns train (augmented) / val (carved from train: `dataset.val_size` images, a random
+subset drawn with `dataset.split_seed` or the last ones (`dataset.val_split`), with the evaluation
+transform or, `dataset.val_augment=true`, the training augmentation) / test. The root comes from
+`dataset.root` or the QUANTLAB_DATA environment variable.
 Missing files raise a one-line error naming the expected layout and how to supply it.
 """
 
@@ -20,7 +22,7 @@ from torchvision import datasets as tvd
 from torchvision import transforms as T
 from torchvision.datasets.utils import check_integrity
 
-from quantlab.data.bundle import DataBundle, Transformed, split_indices
+from quantlab.data.bundle import DataBundle, Transformed, Validation
 from quantlab.data.resident import (
     Augment,
     ImageStore,
@@ -99,17 +101,17 @@ def _split(
     test_base: Dataset,
     train_tf: Callable,
     eval_tf: Callable,
-    val_size: int | float,
-    split_seed: int,
+    validation: Validation,
     num_classes: int,
     in_channels: int,
     image_size: int,
 ) -> DataBundle:
-    train_idx, val_idx = split_indices(len(train_base), val_size, split_seed)  # type: ignore[arg-type]
+    train_idx, val_idx = validation.indices(len(train_base))  # type: ignore[arg-type]
+    val_tf = train_tf if validation.augment else eval_tf
     return DataBundle(
         name=name,
         train=Transformed(train_base, train_idx, train_tf),
-        val=Transformed(train_base, val_idx, eval_tf) if len(val_idx) else None,
+        val=Transformed(train_base, val_idx, val_tf) if len(val_idx) else None,
         test=Transformed(test_base, range(len(test_base)), eval_tf),  # type: ignore[arg-type]
         num_classes=num_classes,
         in_channels=in_channels,
@@ -144,25 +146,26 @@ def _small_bundle(
     augment: bool,
     crop: int,
     flip: bool,
-    val_size: int | float,
-    split_seed: int,
+    validation: Validation,
     num_classes: int,
 ) -> DataBundle:
     """Train (augmented: random crop `crop` with padding 4, flip where `flip`) / val / test splits,
     through torchvision's transforms (`loader=torchvision`) or decoded once and kept on the training
-    device (`resident`; `decode(base)` gives its uint8 (N, C, H, W) images and labels)."""
+    device (`resident`; `decode(base)` gives its uint8 (N, C, H, W) images and labels). The
+    validation split is augmented like the training split where `validation.augment` says so."""
     train_base, test_base = bases
     mean, std = stats
     in_channels = len(mean)
     if _loader_kind(name, loader) == "resident":
         train_store, test_store = ImageStore(*decode(train_base)), ImageStore(*decode(test_base))
-        train_idx, val_idx = split_indices(len(train_store.labels), val_size, split_seed)
+        train_idx, val_idx = validation.indices(len(train_store.labels))
         policy = Augment(padding=4 if augment else 0, flip=augment and flip)
         train = ResidentImages(train_store, train_idx, mean, std, policy)
+        val_policy = policy if validation.augment else None
         return DataBundle(
             name=name,
             train=train,
-            val=ResidentImages(train_store, val_idx, mean, std) if len(val_idx) else None,
+            val=ResidentImages(train_store, val_idx, mean, std, val_policy) if len(val_idx) else None,
             test=ResidentImages(test_store, range(len(test_store.labels)), mean, std),
             num_classes=num_classes,
             in_channels=in_channels,
@@ -181,8 +184,7 @@ def _small_bundle(
         test_base,
         T.Compose(train_tf + norm),
         T.Compose(norm),
-        val_size,
-        split_seed,
+        validation,
         num_classes,
         in_channels,
         crop,
@@ -205,6 +207,8 @@ def _mnist_like(cls: type, name: str, mean: float, std: float):
         download: bool = False,
         val_size: int | float = 5000,
         split_seed: int = 0,
+        val_split: str = "random",
+        val_augment: bool = False,
         augment: bool = False,
         loader: str = PRE_RESIDENT,
         **_: object,
@@ -220,7 +224,16 @@ def _mnist_like(cls: type, name: str, mean: float, std: float):
 
         stats = ((mean,), (std,))
         return _small_bundle(
-            name, loader, (train, test), decode, stats, augment, 28, False, val_size, split_seed, 10
+            name,
+            loader,
+            (train, test),
+            decode,
+            stats,
+            augment,
+            28,
+            False,
+            Validation(val_size, split_seed, val_split, val_augment),
+            10,
         )
 
     build.__doc__ = f"{name}: 60k/10k 28x28 grayscale digits, 10 classes (torchvision {cls.__name__})."
@@ -297,6 +310,8 @@ def _cifar(classes: int):
         download: bool = False,
         val_size: int | float = 5000,
         split_seed: int = 0,
+        val_split: str = "random",
+        val_augment: bool = False,
         augment: bool = True,
         verify: bool = True,
         loader: str = PRE_RESIDENT,
@@ -320,8 +335,7 @@ def _cifar(classes: int):
             augment,
             32,
             True,
-            val_size,
-            split_seed,
+            Validation(val_size, split_seed, val_split, val_augment),
             classes,
         )
 
@@ -340,6 +354,8 @@ def svhn(
     download: bool = False,
     val_size: int | float = 5000,
     split_seed: int = 0,
+    val_split: str = "random",
+    val_augment: bool = False,
     augment: bool = True,
     verify: bool = True,
     loader: str = PRE_RESIDENT,
@@ -358,7 +374,16 @@ def svhn(
 
     stats = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
     return _small_bundle(
-        "svhn", loader, (train, test), decode, stats, augment, 32, False, val_size, split_seed, 10
+        "svhn",
+        loader,
+        (train, test),
+        decode,
+        stats,
+        augment,
+        32,
+        False,
+        Validation(val_size, split_seed, val_split, val_augment),
+        10,
     )
 
 
@@ -379,6 +404,8 @@ def tinyimagenet(
     root: str | None = None,
     val_size: int | float = 10000,
     split_seed: int = 0,
+    val_split: str = "random",
+    val_augment: bool = False,
     augment: bool = True,
     loader: str = PRE_RESIDENT,
     **_: object,
@@ -405,8 +432,7 @@ def tinyimagenet(
         augment,
         64,
         True,
-        val_size,
-        split_seed,
+        Validation(val_size, split_seed, val_split, val_augment),
         len(train.classes),
     )
 
@@ -415,6 +441,8 @@ def imagenet(
     root: str | None = None,
     val_size: int | float = 10000,
     split_seed: int = 0,
+    val_split: str = "random",
+    val_augment: bool = False,
     augment: bool = True,
     image_size: int = 224,
     loader: str = PRE_RESIDENT,
@@ -434,5 +462,13 @@ def imagenet(
         T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *norm]) if augment else eval_tf
     )
     return _split(
-        "imagenet", train, test, train_tf, eval_tf, val_size, split_seed, len(train.classes), 3, image_size
+        "imagenet",
+        train,
+        test,
+        train_tf,
+        eval_tf,
+        Validation(val_size, split_seed, val_split, val_augment),
+        len(train.classes),
+        3,
+        image_size,
     )

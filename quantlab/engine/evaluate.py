@@ -37,9 +37,11 @@ def evaluate(
     top5: bool = False,
     amp_dtype: torch.dtype | None = None,
     outputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    epoch: int = 0,
 ) -> dict:
     """Top-1 accuracy (%), mean cross-entropy and, where asked, top-5 accuracy (%) over a loader.
-    With `outputs`, each batch's (logits, labels) is appended to it (the PTQ sweep's float reference)."""
+    With `outputs`, each batch's (logits, labels) is appended to it (the PTQ sweep's float reference).
+    `epoch` picks the draws of a loader that augments (a validation split with dataset.val_augment)."""
     was_training = model.training
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
@@ -47,7 +49,7 @@ def evaluate(
     correct = torch.zeros((), device=device, dtype=torch.long)
     correct5 = torch.zeros((), device=device, dtype=torch.long)
     count = 0
-    for x, y in loader:
+    for x, y in loader.iterate(epoch):
         with autocast(device, amp_dtype):
             logits = model(x)
         if outputs is not None:

@@ -28,8 +28,9 @@ class TrainerSettings:
     sync_bn: bool = False  # under DDP: batch-norm statistics over the global batch (engine.sync_bn)
     grad_clip: float | None = None
     eval_every: int = 1
-    eval_unit: str = "epoch"  # epoch | step
+    eval_unit: str = "epoch"  # epoch | step | batch (batch i of each epoch, i % eval_every == 0, and its end)
     select_by: str = "auto"  # auto: val/acc_exported when the method's export differs, else val/acc
+    select_ties: str = "loss"  # loss: a tie in select_by goes to the lower loss | keep: strictly better only
     log_every: int = 50
     histogram_every: int = 0
     grad_norms_every: int | None = None  # None: the method's default
@@ -58,6 +59,7 @@ class TrainerSettings:
             eval_every=int(t.eval_every),
             eval_unit=str(t.eval_unit),
             select_by=str(t.get("select_by", "auto")),
+            select_ties=str(t.get("select_ties", "loss")),
             log_every=int(t.log_every),
             histogram_every=int(t.get("histogram_every") or 0),
             grad_norms_every=None if norms_every is None else int(norms_every),

@@ -2,8 +2,9 @@
 
 One step (`Trainer.train_step`): lr from the schedule → forward → cross-entropy + method.penalty
 terms → backward (optional AMP, gradient clipping) → optimizer step → method.on_step. The loop
-(`Trainer.fit`) logs running means every `log_every` steps, evaluates on validation every N epochs or
-steps (the best network is kept in checkpoints/best.pt) and writes checkpoints/last.pt. `test()`
+(`Trainer.fit`) logs running means every `log_every` steps, evaluates on validation every N epochs,
+every N steps, or after every N-th batch of each epoch and at its end (`trainer.eval_unit`; the best
+network is kept in checkpoints/best.pt) and writes checkpoints/last.pt. `test()`
 loads the best checkpoint and reports both the trained network (`test/acc`) and
 `method.export(model)` (`test/acc_exported`).
 """
@@ -167,7 +168,9 @@ class Trainer:
         train = {"train": True, "seed": s.seed, "shard": shard}
         self.train_loader = make_loader(data.train, s.batch_size, **train, **common)
         self.val_loader = (
-            make_loader(data.val, eval_bs, train=False, **common) if data.val is not None else None
+            make_loader(data.val, eval_bs, train=False, seed=s.seed, **common)
+            if data.val is not None
+            else None
         )
         self.test_loader = make_loader(data.test, eval_bs, train=False, **common)
 
@@ -291,7 +294,7 @@ class Trainer:
                         self.log_running()
                     if progress is not None:
                         progress.update(clock.step, clock.epoch, out.loss)
-                    if s.eval_unit == "step" and clock.step % s.eval_every == 0:
+                    if self.eval_due():
                         self.validate()
                     if s.checkpoint_every_steps and clock.step % s.checkpoint_every_steps == 0:
                         self.save_last()
@@ -312,6 +315,23 @@ class Trainer:
         if clock.step == self.total_steps and self.last_eval_step != clock.step:  # budget ended between evals
             self.validate()
             self.save_last()
+
+    def eval_due(self) -> bool:
+        """After a step: evaluate now? `step`: every eval_every steps; `batch`: after batch i of each
+        epoch (0-based) when i % eval_every == 0 (md-bnn's `i % log_interval == 0`); `epoch`: at
+        epoch ends only (`end_epoch`)."""
+        s, clock = self.settings, self.clock
+        if s.eval_unit == "step":
+            return clock.step % s.eval_every == 0
+        return s.eval_unit == "batch" and (clock.batch - 1) % s.eval_every == 0
+
+    def epoch_eval_due(self) -> bool:
+        """At an epoch's end: evaluate now? `epoch`: every eval_every epochs and after the last;
+        `batch`: at every epoch's end (md-bnn), unless this step was just evaluated."""
+        s, clock = self.settings, self.clock
+        if s.eval_unit == "batch":
+            return self.last_eval_step != clock.step
+        return s.eval_unit == "epoch" and (clock.epoch % s.eval_every == 0 or clock.epoch == self.epochs)
 
     def stop_due(self) -> bool:
         """A stop was asked (of any process of the run: all stop at the same step)."""
@@ -337,7 +357,7 @@ class Trainer:
         """Advance the clock; evaluate, draw histograms, checkpoint when due; one log line."""
         clock, s = self.clock, self.settings
         clock.epoch, clock.batch = clock.epoch + 1, 0
-        if s.eval_unit == "epoch" and (clock.epoch % s.eval_every == 0 or clock.epoch == self.epochs):
+        if self.epoch_eval_due():
             self.validate()
         if self.runlog is not None and s.histogram_every and clock.epoch % s.histogram_every == 0:
             self.runlog.histograms(self.model, clock.step)
@@ -409,7 +429,7 @@ class Trainer:
         self.timing["eval_s"] += time.perf_counter() - started
         self.log(values)
         score = self.score(values)
-        if self.best is None or score > tuple(self.best["score"]):
+        if self.best is None or score > tuple(self.best["score"]):  # strictly better
             self.best = {
                 "metric": float(values[self.select_by]),
                 "score": list(score),
@@ -418,20 +438,29 @@ class Trainer:
             self.save_best(values)
         return values
 
-    def score(self, values: dict[str, float]) -> tuple[float, float]:
-        """Higher is better: the selection metric (negated for a loss), ties broken by lower loss."""
+    def score(self, values: dict[str, float]) -> tuple[float, ...]:
+        """Higher is better: the selection metric (negated for a loss), with `select_ties=loss` ties
+        broken by the lower loss; with `keep` only a strictly better metric wins (md-bnn)."""
         if self.select_by not in values:
             raise ValueError(f"trainer.select_by={self.select_by!r}: not among {sorted(values)}")
         metric = values[self.select_by]
         if "loss" in self.select_by:
-            return (-metric, 0.0)
+            return (-metric,)
+        if self.settings.select_ties == "keep":
+            return (metric,)
         return (metric, -values.get(self.select_by.replace("acc", "loss"), 0.0))
 
     def evaluate_split(self, split: str, loader: EpochLoader) -> dict[str, float]:
-        top5 = self.data.top5
-        values = {f"{split}/{k}": v for k, v in evaluate(self.model, loader, top5, self.amp_dtype).items()}
+        """The trained network (and its export, where it differs) on `split`; a validation split with
+        augmentation (dataset.val_augment) draws its crops and flips from the step, both networks
+        seeing the same ones."""
+        top5, draw = self.data.top5, self.clock.step
+        values = {
+            f"{split}/{k}": v
+            for k, v in evaluate(self.model, loader, top5, self.amp_dtype, epoch=draw).items()
+        }
         if self.method.traits.exported_differs:
-            raw = evaluate(self.method.export(self.model), loader, top5, self.amp_dtype)
+            raw = evaluate(self.method.export(self.model), loader, top5, self.amp_dtype, epoch=draw)
             values.update({f"{split}/{k}_exported": v for k, v in raw.items()})
         return values
 

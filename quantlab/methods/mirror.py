@@ -90,14 +90,15 @@ def _lift(w: Tensor, levels: Tensor) -> Tensor:
 
 
 def _independent_lift(w: Tensor, levels: Tensor, gain: float) -> Tensor:
-    """Initial lifted variables drawn level by level: ũ_λ ~ the MD init (xavier_uniform for ≥ 2-D
-    tensors, normal(0, 0.1) for 1-D) of a tensor shaped like w, independently for each λ (md-bnn)."""
-    draws = []
-    for _ in range(len(levels)):
-        draw = torch.empty_like(w)
-        init_md(draw, gain)
-        draws.append(draw)
-    return torch.stack(draws, dim=-1)
+    """Initial lifted variables as md-bnn draws them: its `SLinear` / `SConv2d` is one layer with
+    out·d outputs (d = |Q|; output channel o·d + λ holds level λ of weight o), initialised as a whole
+    by the MD init: xavier_uniform with bound gain·√(6/(fan_in + d·fan_out)) for ≥ 2-D tensors
+    (fan_in, fan_out those of w), normal(0, 0.1·gain) for 1-D ones; every level's draw independent.
+    Returns ũ shaped w.shape + (d,)."""
+    d = len(levels)
+    layer = torch.empty((w.shape[0] * d, *w.shape[1:]), dtype=w.dtype, device=w.device)
+    init_md(layer, gain)
+    return layer.view(w.shape[0], d, *w.shape[1:]).movedim(1, -1).contiguous()
 
 
 LIFT_INITS = ("product", "independent")
@@ -107,9 +108,10 @@ class _Lifted(WeightQuantizer):
     """Methods whose variables live in the lifted space of one coordinate per level (ũ or u).
 
     `lift_init` sets ũ⁰: `product` lifts the network's initial weights, ũ_λ = w·q_λ (for binary,
-    softmax(ũ)·q = tanh(w): the same start as the tanh methods); `independent` draws each level's
-    ũ_λ from the MD init on its own, as md-bnn does (its softmax-projection code: MD-softmax-S and
-    PMF*). `independent` ignores the network's weights, so it needs method.init=xavier.
+    softmax(ũ)·q = tanh(w): the same start as the tanh methods); `independent` draws ũ as md-bnn
+    does for MD-softmax, MD-softmax-S and PMF*: the MD init of one layer with d times the outputs
+    (`_independent_lift`). `independent` ignores the network's weights, so it needs
+    method.init=xavier.
     """
 
     def __init__(self, *args: Any, lift_init: str = "product", **kwargs: Any) -> None:

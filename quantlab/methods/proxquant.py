@@ -47,11 +47,12 @@ def prox_adaptive(w: Tensor, strength: float) -> Tensor:
 
 
 #: PQ*'s float layers, as the MD paper describes the original ProxQuant setup: Table 1 (binary) keeps
-#: the biases, the last FC and the shortcuts in float; Table 5 (ternary) the first conv, the last FC
-#: and the shortcuts. A scope flag left null (pq_star's YAML) takes these.
+#: the biases, the fully-connected layers and the shortcuts in float; Table 5 (ternary) the first
+#: conv, the fully-connected layers and the shortcuts (the captions' "fully-connected layers": all
+#: three of VGG-16's). A scope flag left null (pq_star's YAML) takes these.
 ORIGINAL_SCOPE = {
-    BINARY: {"first": True, "last": False, "bias": False, "shortcut": False},
-    TERNARY: {"first": False, "last": False, "bias": True, "shortcut": False},
+    BINARY: {"first": True, "fc": False, "bias": False, "shortcut": False},
+    TERNARY: {"first": False, "fc": False, "bias": True, "shortcut": False},
 }
 
 

@@ -39,6 +39,7 @@ class Scope:
 
     first: bool = True  # the first conv (or linear) layer
     last: bool = True  # the last linear layer
+    fc: bool = True  # every fully connected (linear) layer, the last one included
     bias: bool = True  # biases of conv and linear layers
     shortcut: bool = True  # ResNet downsample (shortcut) convs
     layerwise_scale: bool = False  # a learnable float scale per quantized tensor
@@ -54,6 +55,8 @@ def quantized_layers(model: nn.Module, scope: Scope) -> Iterator[tuple[str, str]
     last = linears[-1] if linears else layers[-1][0]
     for path, module in layers:
         if (not scope.first and path == first) or (not scope.last and path == last):
+            continue
+        if not scope.fc and isinstance(module, nn.Linear):
             continue
         if not scope.shortcut and ("downsample" in path or "shortcut" in path):
             continue

@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from quantlab.data.bundle import check_val_split
 from quantlab.data.resident import check_loader
 from quantlab.engine.settings import amp_setting
 from quantlab.errors import ConfigError, QuantlabError, check_bits, check_positive, parse_sweep
@@ -79,8 +80,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     if device is not None and str(device).split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
         raise ConfigError(f"device={device!r}: must be auto, cpu, cuda, cuda:N or mps")
     unit = _get(cfg, "trainer.eval_unit")
-    if unit not in (None, "epoch", "step"):
-        raise ConfigError(f"trainer.eval_unit={unit!r}: must be epoch or step")
+    if unit not in (None, "epoch", "step", "batch"):
+        raise ConfigError(f"trainer.eval_unit={unit!r}: must be epoch, step or batch")
+    ties = _get(cfg, "trainer.select_ties")
+    if ties not in (None, "loss", "keep"):
+        raise ConfigError(f"trainer.select_ties={ties!r}: must be loss or keep")
     amp_setting(_get(cfg, "trainer.amp"))
     channels_last = _get(cfg, "trainer.channels_last")
     if channels_last not in (None, "auto", True, False):
@@ -92,6 +96,8 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.num_workers={workers!r}: must be auto or an integer >= 0")
     if _get(cfg, "dataset.loader") is not None:
         check_loader(_get(cfg, "dataset.loader"))
+    if _get(cfg, "dataset.val_split") is not None:
+        check_val_split(_get(cfg, "dataset.val_split"))
 
 
 def compose(
