@@ -18,6 +18,7 @@ commands:
   table    aggregate runs and grids (their results.json) into a table: mean ± std over seeds;
            --paper <table> lays them out as a paper's table with its numbers beside ours
   plot     PNG figures of runs and grids: accuracy against PTQ bit-width, val accuracy and beta/lambda
+  claims   the papers' claims measured on runs (effect, 95 % CI, verdict): claims.md, claims.json
 
 examples:
   quantlab train                                   # the embedded default: digits, small_cnn, float
@@ -32,6 +33,7 @@ examples:
   quantlab table outputs/train/multirun/<date> --rows method --cols ptq
   quantlab table outputs/tables/md_t1 --paper md_t1
   quantlab plot outputs/train/multirun/<date> --rows method
+  quantlab claims outputs/claims --paper md_t1:cifar10/resnet18,waveq_t6:svhn
 """
 
 COMMANDS = {
@@ -43,6 +45,7 @@ COMMANDS = {
     "bench data": "quantlab.commands.bench_data",
     "table": "quantlab.commands.table",
     "plot": "quantlab.commands.plot",
+    "claims": "quantlab.commands.claims",
 }
 
 

@@ -107,7 +107,7 @@ def test_selector_values_null_any_numbers_and_booleans():
 def test_paper_table_cells_ours_paper_and_difference(tmp_path):
     """MD Table 1 from five fake runs: the matching setting's column gets our mean ± std, the paper's
     number and the difference; a digits run is outside the strict table; a failed run is shown."""
-    cifar = {"dataset": "cifar10", "model": "resnet18"}
+    cifar = {"dataset": "cifar10", "model": "resnet18", "bitwidth": "binary"}
     base = {"method": {"scope": {"first": True, "last": True}}}
     _write_run(
         tmp_path / "a", {**cifar, "method": "md_tanh_s", "seed": "0"}, base, **{"test/acc_exported": 93.0}
@@ -116,8 +116,8 @@ def test_paper_table_cells_ours_paper_and_difference(tmp_path):
         tmp_path / "b", {**cifar, "method": "md_tanh_s", "seed": "1"}, base, **{"test/acc_exported": 92.0}
     )
     _write_run(tmp_path / "c", {**cifar, "method": "bc", "seed": "0"}, base, status="failed")
-    _write_run(tmp_path / "d", {"dataset": "digits", "model": "small_cnn", "method": "bc"}, base,
-               **{"test/acc_exported": 97.0})  # fmt: skip
+    digits = {"dataset": "digits", "model": "small_cnn", "method": "bc", "bitwidth": "binary"}
+    _write_run(tmp_path / "d", digits, base, **{"test/acc_exported": 97.0})
     _write_run(tmp_path / "e", {**cifar, "method": "adam_unknown"}, base, **{"test/acc_exported": 1.0})
     runs = find_runs([tmp_path])
     table, outside = build_paper_table(runs, load_paper("md_t1"))
@@ -238,8 +238,9 @@ def test_table_script_composes_and_fills_its_paper_table(script, scale, tmp_path
     calls = _record(script, scale, tmp_path)
     trains = [c for c in calls if c[:2] == ["train", "-m"]]
     tables = [c for c in calls if c[0] == "table"]
-    assert trains and len(tables) == 1 and ["plot", str(tmp_path / "o")] in calls
-    paper = load_paper(tables[0][tables[0].index("--paper") + 1])
+    spec = tables[0][tables[0].index("--paper") + 1]
+    assert trains and len(tables) == 1 and ["plot", str(tmp_path / "o"), "--paper", spec] in calls
+    paper = load_paper(spec)
     assert (scale == "full") == (":" not in tables[0][tables[0].index("--paper") + 1])
     for job in itertools.chain.from_iterable(_jobs(c) for c in trains):
         cfg = compose(job)

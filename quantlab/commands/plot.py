@@ -3,6 +3,7 @@
     quantlab plot <dir> [<dir> ...]                  # both figures, beside the runs
     quantlab plot <dir> --kind ptq --rows method     # accuracy against PTQ bit pair, one line per method
     quantlab plot <dir> --kind curves                # validation accuracy and beta / lambda over steps
+    quantlab plot <dir> --paper md_t1:cifar10/resnet18   # also claims.png: the paper's claims measured
 
 `ptq.png`: test top-1 % of the float network and of every PTQ pair of the sweep, highest bits left,
 mean ± std over seeds, one line per group of runs (the overrides that vary, as in `quantlab table`).
@@ -18,7 +19,9 @@ import sys
 from pathlib import Path
 
 from quantlab.engine.console import fail
-from quantlab.report.plots import plot_curves, plot_ptq
+from quantlab.report.claims import measure, print_claims
+from quantlab.report.paper import load_paper
+from quantlab.report.plots import plot_claims, plot_curves, plot_ptq
 from quantlab.report.runs import find_runs
 
 KINDS = ("ptq", "curves")
@@ -32,6 +35,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--metric", default="test/acc", help="the PTQ plot's float point (default test/acc)")
     parser.add_argument("--out", type=Path, help="where to write the PNG files (default: the first dir)")
     parser.add_argument("--name", default="", help="file name prefix (<name>ptq.png, <name>curves.png)")
+    parser.add_argument(
+        "--paper",
+        metavar="NAME[:SETTING]",
+        help="also <name>claims.png: the claims of that paper table measured on the runs (effect, 95 %% CI)",
+    )
     return parser.parse_args(argv)
 
 
@@ -56,7 +64,11 @@ def main(argv: list[str] | None = None) -> None:
                 if args.kind:  # asked for by name: an error; by default: skipped, and said so
                     raise
                 skipped.append(f"no {kind}.png: {e}")
-        if len(skipped) == len(kinds):
+        if args.paper:
+            measured = measure(load_paper(args.paper), runs)
+            print_claims(measured, f"{args.paper}: the paper's claims on these runs")
+            print(f"wrote {plot_claims(measured, out / f'{args.name}claims.png')}")
+        elif len(skipped) == len(kinds):
             raise ValueError("nothing to plot: " + "; ".join(skipped))
         for message in skipped:
             print(f"quantlab plot: {message}", file=sys.stderr)

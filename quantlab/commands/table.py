@@ -11,7 +11,9 @@ the command-line overrides whose values differ between them (seed excepted: cell
 over seeds); failed, running and missing runs are counted in their cell, never dropped. The table
 is printed and written beside the runs as <name>.md, <name>.csv (one line per cell, raw numbers)
 and <name>.tex. With `--paper`, rows and columns are the paper table's (quantlab/paper.py) and each
-cell reads "ours / paper (ours − paper)".
+cell reads "ours / paper (ours − paper)"; below it, every claim the paper table lists is measured
+on the runs: effect, 95 % confidence interval over seeds and verdict (quantlab.report.claims), also
+written into <name>.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from quantlab.engine.console import fail
+from quantlab.report.claims import measure, print_claims
+from quantlab.report.claims import to_markdown as claims_markdown
 from quantlab.report.paper import load_paper
 from quantlab.report.runs import find_runs
 from quantlab.report.tables import build_paper_table, build_table, outside_notes, print_table, write_outputs
@@ -75,7 +79,10 @@ def main(argv: list[str] | None = None) -> None:
         table.title = f"{paper.title} ({paper.source}) — ours / paper (ours − paper); {table.title}"
         table.notes += outside_notes(outside, paper.metric)
     print_table(table)
-    for path in write_outputs(table, args.out or args.dirs[0], args.name):
+    measured = measure(paper, runs) if args.paper else []
+    if measured:
+        print_claims(measured, f"{paper.name}: the paper's claims on these runs")
+    for path in write_outputs(table, args.out or args.dirs[0], args.name, claims_markdown(measured)):
         print(f"wrote {path}")
 
 

@@ -137,7 +137,7 @@ def _loader_kind(name: str, loader: str, resident_ok: bool = True) -> str:
     return loader
 
 
-def _small_bundle(
+def small_bundle(
     name: str,
     loader: str,
     bases: tuple[Dataset, Dataset],
@@ -223,7 +223,7 @@ def _mnist_like(cls: type, name: str, mean: float, std: float):
             return _hwc(base.data, base.targets)  # type: ignore[attr-defined]
 
         stats = ((mean,), (std,))
-        return _small_bundle(
+        return small_bundle(
             name,
             loader,
             (train, test),
@@ -326,7 +326,7 @@ def _cifar(classes: int):
         def decode(base: Dataset) -> tuple[Tensor, Tensor]:
             return _hwc(base.data, base.targets)  # type: ignore[attr-defined]
 
-        return _small_bundle(
+        return small_bundle(
             name,
             loader,
             (train, test),
@@ -373,7 +373,7 @@ def svhn(
         return torch.as_tensor(base.data).contiguous(), torch.as_tensor(base.labels, dtype=torch.long)  # type: ignore[attr-defined]
 
     stats = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
-    return _small_bundle(
+    return small_bundle(
         "svhn",
         loader,
         (train, test),
@@ -423,7 +423,7 @@ def tinyimagenet(
         return decode_files(paths, threads=available_cores()), torch.tensor(base.targets)  # type: ignore[attr-defined]
 
     stats = (IMAGENET_MEAN, IMAGENET_STD)
-    return _small_bundle(
+    return small_bundle(
         "tinyimagenet",
         loader,
         (train, test),

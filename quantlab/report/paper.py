@@ -9,6 +9,9 @@ config values of the runs it describes:
     columns:  {top-1: {}, (8,4): {metric: ptq/acc_w8a4}}        # `metric`: which of our numbers
     values:   {MD-tanh-s: [91.53, ...]}                          # settings outer, columns inner
 
+Under `claims:` it lists what the paper claims, each a comparison of two groups of runs that
+quantlab.report.claims measures (effect, confidence interval, verdict).
+
 A selector key is a config group (method, dataset, model, bitwidth, ...: the run's Hydra choices) or
 a dotted config key (method.strength, init_from, preset.bits: the run's resolved config.yaml);
 a value of null asks for the key to be unset, "*" for any value. A run belongs to the most specific
@@ -28,6 +31,28 @@ from typing import Any
 ANY = "*"
 
 
+@dataclass(frozen=True)
+class Side:
+    """One group of a claim's comparison: a table row (and column), or a selector of its own."""
+
+    row: str | None = None
+    column: str | None = None
+    select: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's claim that `better` beats `than` on `metric` (quantlab.report.claims measures it)."""
+
+    claim: str
+    source: str
+    better: Side
+    than: Side
+    metric: str | None = None
+    lower_is_better: bool = False
+    tolerance: float = 0.0
+
+
 @dataclass
 class PaperTable:
     name: str
@@ -40,6 +65,7 @@ class PaperTable:
     columns: dict[str, dict[str, Any]]
     values: dict[str, list[float | None]]
     notes: list[str] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)  # the paper's claims (quantlab.report.claims)
 
     def cells(self) -> list[tuple[str, str, dict[str, Any], str]]:
         """(setting, column, selector, metric) for every paper column, settings outer."""
@@ -99,7 +125,42 @@ def load_paper(spec: str) -> PaperTable:
     for row in table.rows:
         if len(table.values.get(row, [])) != width:
             raise ValueError(f"paper table {path}: row {row!r} needs {width} values")
+    table.claims = parse_claims(data.get("claims"), table)
     return table.only(setting) if setting else table
+
+
+def parse_claims(data: list[dict[str, Any]] | None, table: PaperTable) -> list[Claim]:
+    """The `claims:` list of a paper YAML, checked against its table's rows and columns."""
+    claims = []
+    for i, item in enumerate(data or []):
+        where = f"paper table {table.name}: claim {i + 1}"
+        try:
+            sides = [_side(item[key], table, f"{where}: {key}") for key in ("better", "than")]
+            claims.append(
+                Claim(
+                    claim=str(item["claim"]),
+                    source=str(item["source"]),
+                    better=sides[0],
+                    than=sides[1],
+                    metric=item.get("metric"),
+                    lower_is_better=bool(item.get("lower_is_better", False)),
+                    tolerance=float(item.get("tolerance", 0.0)),
+                )
+            )
+        except KeyError as e:
+            raise ValueError(f"{where}: needs {e.args[0]!r}") from None
+    return claims
+
+
+def _side(spec: dict[str, Any], table: PaperTable, where: str) -> Side:
+    side = Side(spec.get("row"), spec.get("column"), dict(spec.get("select") or {}))
+    if side.row is None and not side.select:
+        raise ValueError(f"{where}: give a row of the table or a select: {{...}}")
+    if side.row is not None and table.rows.get(side.row) is None:
+        raise ValueError(f"{where}: {side.row!r} is not a row of the table with runs")
+    if side.column is not None and side.column not in table.columns:
+        raise ValueError(f"{where}: {side.column!r} is not a column of the table")
+    return side
 
 
 # -- matching runs ----------------------------------------------------------------------------------------

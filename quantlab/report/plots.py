@@ -113,3 +113,30 @@ def plot_curves(runs: list[Run], rows: list[str] | None, path: Path) -> Path:
     save_png(fig, path)
     plt.close(fig)
     return path
+
+
+def plot_claims(measured: list, path: Path) -> Path:
+    """The claims of a paper table measured on runs (quantlab.report.claims.Measured): each claim's
+    effect with its 95 % confidence interval, coloured by verdict, against 0."""
+    from quantlab.report.claims import HOLDS, REVERSED
+
+    if not measured:
+        raise ValueError("the paper table lists no claims")
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(measured) + 1.2))
+    colour = {HOLDS: "tab:green", REVERSED: "tab:red"}
+    for y, m in enumerate(reversed(measured)):
+        effect, interval = m.effect, m.interval
+        if effect is None:
+            continue
+        low, high = interval if interval is not None else (effect, effect)
+        c = colour.get(m.verdict, "tab:orange")
+        ax.errorbar([effect], [y], xerr=[[effect - low], [high - effect]], fmt="o", color=c, capsize=3)
+    labels = [f"{m.claim.claim[:70]} [{m.setting}]: {m.verdict}" for m in reversed(measured)]
+    ax.set_yticks(range(len(measured)), labels, fontsize=7)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("effect (points; > 0: as the paper claims), 95 % Welch t interval over seeds")
+    ax.grid(alpha=0.3, axis="x")
+    save_png(fig, path)
+    plt.close(fig)
+    return path

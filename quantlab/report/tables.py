@@ -252,10 +252,12 @@ def print_table(table: Table) -> None:
     Console(width=None if sys.stdout.isatty() else 1000).print(shown)
 
 
-def write_outputs(table: Table, out_dir: Path, name: str) -> list[Path]:
+def write_outputs(table: Table, out_dir: Path, name: str, appendix: str = "") -> list[Path]:
+    """<name>.md (with `appendix`, e.g. the claims, below the table), <name>.csv and <name>.tex."""
     paths = []
     for suffix, render in ((".md", to_markdown), (".csv", to_csv), (".tex", to_latex)):
         path = out_dir / f"{name}{suffix}"
-        write_text_atomic(path, render(table))
+        text = render(table)
+        write_text_atomic(path, text + f"\n{appendix}" if suffix == ".md" and appendix else text)
         paths.append(path)
     return paths

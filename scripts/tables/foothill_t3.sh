@@ -2,7 +2,7 @@
 # Foothill paper, Table 3: L1, L2 and foothill at Table 3's four (alpha, beta), each at
 # lambda in {1e-4, 1e-3, 1e-2}, and the unregularized network. Usage and environment: lib.sh.
 source "$(dirname "$0")/lib.sh"
-PRESET=digits_shaping
+PRESET=glyphs_shaping
 [ "$SCALE" = full ] && PRESET=foothill_t3_cifar10_alexnet
 LAMBDAS=1e-4,1e-3,1e-2
 grid float experiment=$PRESET method=float

@@ -8,5 +8,5 @@ if [ "$SCALE" = full ]; then
   done
   finish gl1_t1
 fi
-gl1_rows "" w8a4,w6a4,w4a4 experiment=digits_gradreg 'bitwidth.sweep=[[8,4],[6,4],[4,4]]'
+gl1_rows "" w8a4,w6a4,w4a4 experiment=glyphs_gradreg
 finish gl1_t1:vgg_small

@@ -6,5 +6,5 @@ if [ "$SCALE" = full ]; then
   gl1_rows "" w8a8,w6a6,w4a4 experiment=gl1_t2_imagenet_resnet18
   finish gl1_t2
 fi
-gl1_rows "" w8a8,w6a6,w4a4 experiment=digits_gradreg 'bitwidth.sweep=[[8,8],[6,6],[4,4]]'
+gl1_rows "" w8a8,w6a6,w4a4 experiment=glyphs_gradreg 'bitwidth.sweep=[[8,8],[6,6],[4,4]]'
 finish gl1_t2:resnet18

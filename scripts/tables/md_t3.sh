@@ -10,8 +10,8 @@ if [ "$SCALE" = full ]; then
   grid finetune experiment=md_t3_imagenet_resnet18_finetune method=md_tanh_s "init_from=$OUT/float/0"
   finish md_t3
 fi
-grid float experiment=digits_md method=float
-grid scratch experiment=digits_md method=md_tanh_s +preset.scope.first=false +preset.scope.last=false +preset.scope.bias=false
-grid scratch_all experiment=digits_md method=md_tanh_s
-grid finetune experiment=digits_md method=md_tanh_s "init_from=$OUT/float/0" +preset.init=keep
+grid float experiment=glyphs_md method=float
+grid scratch experiment=glyphs_md method=md_tanh_s +preset.scope.first=false +preset.scope.last=false +preset.scope.bias=false
+grid scratch_all experiment=glyphs_md method=md_tanh_s
+grid finetune experiment=glyphs_md method=md_tanh_s "init_from=$OUT/float/0" +preset.init=keep
 finish md_t3:imagenet/resnet18
