@@ -37,6 +37,9 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
         overrides += [f"dataset.root={tmp_path}", "dataset.val_size=6"]
         if "verify" in compose(overrides).dataset:
             overrides.append("dataset.verify=false")
+    if group == "dataset" and option == "glyphs":  # generated: a small one, cached in the test's directory
+        overrides += [f"dataset.root={tmp_path}", "dataset.num_train=200", "dataset.num_test=100"]
+        overrides.append("dataset.val_size=20")
     cfg = compose(overrides)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     if group == "experiment":
