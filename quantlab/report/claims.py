@@ -190,12 +190,13 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:+.{digits}f}".replace("-", "−")
 
 
-def line(m: Measured) -> tuple[str, ...]:
-    """(claim, setting, effect, 95 % CI, n, verdict) as shown."""
+def line(m: Measured, with_source: bool = True) -> tuple[str, ...]:
+    """(claim, setting, effect, 95 % CI, n, verdict) as shown; the claim with its source or alone."""
     interval = m.interval
     ci = "—" if interval is None else f"[{_num(interval[0])}, {_num(interval[1])}]"
     n = f"{len(m.better)} vs {len(m.than)}" + (f" ({m.failed} not completed)" if m.failed else "")
-    return (f"{m.claim.claim} ({m.claim.source})", m.setting, _num(m.effect), ci, n, m.verdict)
+    claim = f"{m.claim.claim} ({m.claim.source})" if with_source else m.claim.claim
+    return (claim, m.setting, _num(m.effect), ci, n, m.verdict)
 
 
 HEADER = ("claim (source)", "setting", "effect", "95 % CI (Welch t)", "runs", "verdict")
@@ -221,12 +222,13 @@ def print_claims(measured: list[Measured], title: str = "claims") -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    shown = Table(title=title)
-    for name in HEADER:
-        shown.add_column(name, justify="left" if name in HEADER[:2] else "right")
+    where = "each claim's source (table, section) is in the markdown written beside the runs"
+    shown = Table(title=title, caption=where)
+    for name in ("claim", *HEADER[1:]):
+        shown.add_column(name, justify="left" if name in ("claim", "setting") else "right")
     colour = {HOLDS: "green", REVERSED: "red", NOT_SHOWN: "yellow"}
     for m in measured:
-        cells = [escape(c) for c in line(m)]
+        cells = [escape(c) for c in line(m, with_source=False)]
         cells[-1] = f"[{colour[m.verdict]}]{cells[-1]}[/]"
         shown.add_row(*cells)
     Console(width=None if sys.stdout.isatty() else 1000).print(shown)
