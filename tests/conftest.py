@@ -57,7 +57,7 @@ def results(run_dir: Path) -> dict:
 
 def make_trainer(overrides: list[str], run_dir: Path, runlog=None):
     """A Trainer for the train config composed with `overrides` (built with seed 0), writing into run_dir."""
-    from quantlab.runs.builders import trainer_for
+    from quantlab.runs.components import trainer_for
 
     return trainer_for(overrides, run_dir, runlog)
 

@@ -19,7 +19,7 @@ def train_methods(rank: int, world: int, port: int, methods: list[str], out: str
     """Train each method `steps` steps as rank `rank` of `world`; save its export to out/<i>-<rank>.pt."""
     join(rank, world, port)
     from quantlab.engine import distributed
-    from quantlab.runs.builders import method_overrides, trainer_for
+    from quantlab.runs.components import method_overrides, trainer_for
 
     distributed.start()
     try:
@@ -39,7 +39,7 @@ def train_runs(rank: int, world: int, port: int, runs: list[list[str]], out: str
     save its trained weights to out/<i>-<rank>.pt (world 1: in this process, without a group)."""
     join(rank, world, port)
     from quantlab.engine import distributed
-    from quantlab.runs.builders import trainer_for
+    from quantlab.runs.components import trainer_for
 
     distributed.start()
     try:
@@ -64,7 +64,7 @@ def penalty_gradients(rank: int, world: int, port: int, runs: list[list[str]], o
 
     join(rank, world, port)
     from quantlab.engine import distributed
-    from quantlab.runs.builders import trainer_for
+    from quantlab.runs.components import trainer_for
 
     distributed.start()
     try:

@@ -55,7 +55,7 @@ def test_bench_data_refuses_bad_arguments_in_one_line(tmp_path):
 
 
 def test_method_specs_take_method_keys_and_dotted_settings():
-    from quantlab.runs.builders import method_overrides
+    from quantlab.runs.components import method_overrides
 
     assert method_overrides("md_tanh_s:ternary") == ["method=md_tanh_s", "bitwidth=ternary"]
     assert method_overrides("grad_l1,estimator=fd,trainer.compile=true") == [

@@ -12,8 +12,8 @@ from scipy import stats
 from quantlab.commands.claims import main as claims_main
 from quantlab.commands.table import main as table_main
 from quantlab.report.claims import HOLDS, NOT_SHOWN, REVERSED, calibration, measure, welch_half_width
+from quantlab.report.collect import find_runs
 from quantlab.report.paper import available, load_paper, parse_claims
-from quantlab.report.runs import find_runs
 from tests.test_paper import _write_run
 
 BINARY = {"method": {"scope": {"first": True, "last": True, "fc": True, "bias": True}}, "init_from": None}
@@ -191,8 +191,8 @@ def test_claims_script_composes_every_job_and_continues_its_sweeps(tmp_path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
+    from quantlab.report.collect import Run
     from quantlab.report.paper import row_of
-    from quantlab.report.runs import Run
     from quantlab.runs.config import check_missing, check_preset_row, compose
     from tests.conftest import REPO
     from tests.test_paper import _jobs, _record

@@ -10,8 +10,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from quantlab.errors import ConfigError, parse_sweep
+from quantlab.errors import ConfigError
 from quantlab.methods.base import Method
+from quantlab.quant.pairs import parse_sweep
 from quantlab.runs.config import compose, validate_train_config
 from tests.fakedata import WRITERS
 

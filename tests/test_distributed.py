@@ -72,7 +72,7 @@ def test_a_bad_override_under_torchrun_is_one_line_from_rank_0(tmp_path):
 def test_ranks_serve_the_halves_of_the_one_process_batches(tmp_path):
     """Each rank's batch is its contiguous half of the global batch, augmentation included."""
     from quantlab.data import Shard, make_loader
-    from quantlab.runs.builders import trainer_for
+    from quantlab.runs.components import trainer_for
     from tests.fakedata import WRITERS
 
     root = WRITERS["cifar10"](tmp_path / "data")
@@ -366,8 +366,8 @@ def test_trainer_devices_command_lines_and_refusals(tmp_path):
     from omegaconf import OmegaConf
 
     from quantlab.errors import ConfigError
-    from quantlab.runs.checks import check_devices
     from quantlab.runs.job import devices_command
+    from quantlab.runs.preflight import check_devices
 
     assert devices_command(["schedule.epochs=1"]) is None
     assert devices_command(["trainer.devices=1"]) is None

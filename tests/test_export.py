@@ -44,7 +44,7 @@ FOUR_BITS = (1.5, 97.5)  # see the module docstring
 
 def _trained(tmp_path: Path, overrides: list[str], epochs: int):
     """A trainer fitted in-process on digits for `epochs`, and its method's export."""
-    from quantlab.runs.builders import trainer_for
+    from quantlab.runs.components import trainer_for
 
     trainer = trainer_for([*overrides, f"schedule.epochs={epochs}"], tmp_path / "run")
     trainer.fit()

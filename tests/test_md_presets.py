@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 
 from quantlab.quant.projections import softmax_pmf_code
-from quantlab.runs.build import build
+from quantlab.runs.components import build
 from quantlab.runs.config import compose, group_options
 from tests.conftest import REPO
 

@@ -15,7 +15,7 @@ from quantlab.methods.mirror import MirrorAdam, md_softmax_update, md_tanh_updat
 from quantlab.methods.proxquant import prox_adaptive, prox_binary, prox_nearest, ternarize_adaptive
 from quantlab.methods.weights import BINARY, TERNARY, WeightQuantizer
 from quantlab.quant import projections as P
-from quantlab.runs.build import build
+from quantlab.runs.components import build
 from quantlab.runs.config import compose, group_options
 from quantlab.runs.runlog import RunLog
 from tests.conftest import REPO, make_trainer
@@ -529,7 +529,7 @@ def test_beta_schedule_logged_and_exact_across_resume(tmp_path):
 
 def test_init_from_a_float_run(tmp_path):
     """Fine-tuning: the quantized run starts from another run's best float weights."""
-    from quantlab.runs.build import load_init
+    from quantlab.runs.components import load_init
 
     source = instantiate(compose([]).model)
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)

@@ -16,8 +16,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from quantlab.commands.table import main
+from quantlab.report.collect import Run, find_runs
 from quantlab.report.paper import available, load_paper, matches, row_of
-from quantlab.report.runs import Run, find_runs
 from quantlab.report.tables import build_paper_table, to_csv, to_latex, to_markdown
 from quantlab.runs.config import check_missing, check_preset_row, compose, group_options
 from tests.conftest import REPO, cli_env, quantlab

@@ -13,7 +13,7 @@ import torchvision.transforms.functional as TF
 from quantlab.data import make_loader
 from quantlab.data.loaders import epoch_order
 from quantlab.data.resident import Augment, ImageStore, ResidentImages, augment_seed, draw_augment
-from quantlab.runs.build import build
+from quantlab.runs.components import build
 from quantlab.runs.config import compose
 from tests.conftest import make_trainer
 from tests.fakedata import WRITERS

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from quantlab.commands.table import main
-from quantlab.report.runs import find_runs
+from quantlab.report.collect import find_runs
 from quantlab.report.tables import build_table, to_csv, to_latex, to_markdown
 from tests.conftest import cli_env, quantlab
 

@@ -117,7 +117,7 @@ def test_iterations_budget_and_lr_schedule(tmp_path):
 def test_the_lr_and_beta_a_step_uses_are_the_schedules_values_at_that_step(tmp_path):
     """The contract md_cifar's presets rely on: iteration t trains with lr·schedule.lr(t) and with
     β = schedule.beta(t) (md-bnn: β₀ at iteration 0, β₀·scale from iteration 1)."""
-    from quantlab.runs.build import build
+    from quantlab.runs.components import build
 
     cfg = compose(
         [

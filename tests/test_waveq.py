@@ -173,7 +173,7 @@ def test_digits_waveq_ramp_has_the_public_codes_shape_over_its_epochs():
     """The public code's λ_q over 100 epochs (center 0.2E = 20, width 20) has the shape
     ½(1 + tanh((t − 0.2)/0.2)) in t = epoch/E; digits_waveq's 30 epochs keep it (width 0.2E = 6)
     instead of starting at 35 % (width 20 over 30 epochs)."""
-    from quantlab.runs.build import build
+    from quantlab.runs.components import build
     from quantlab.runs.config import compose
 
     cfg = compose(["experiment=digits_waveq", "method=waveq"])

@@ -21,7 +21,7 @@ import torch
 
 from quantlab.engine.console import print_rows
 from quantlab.engine.trainer import Trainer
-from quantlab.runs.builders import method_overrides, trainer_for
+from quantlab.runs.components import method_overrides, trainer_for
 
 
 def _build(model: str, method: str, args: argparse.Namespace, tmp: Path) -> Trainer:

@@ -30,7 +30,7 @@ from quantlab.data import make_loader
 from quantlab.data.cifar_files import write_cifar10_files
 from quantlab.engine.console import console, print_rows
 from quantlab.engine.trainer import Trainer
-from quantlab.runs.builders import method_overrides, trainer_for
+from quantlab.runs.components import method_overrides, trainer_for
 
 KINDS = ("resident", "torchvision")
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from quantlab.engine.console import fail
 from quantlab.engine.files import write_text_atomic
 from quantlab.report.claims import calibration, measure, print_claims, to_markdown
+from quantlab.report.collect import find_runs
 from quantlab.report.paper import load_paper
-from quantlab.report.runs import find_runs
 from quantlab.report.tables import build_paper_table
 from quantlab.report.tables import to_markdown as table_markdown
 

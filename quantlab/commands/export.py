@@ -20,9 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from quantlab.engine.checkpoint import seed_everything
 from quantlab.engine.console import console
-from quantlab.errors import ConfigError, parse_pair
+from quantlab.errors import ConfigError
+from quantlab.quant.pairs import parse_pair
 from quantlab.quant.sweep import PTQSettings
-from quantlab.runs.build import build, load_exported
+from quantlab.runs.components import build, load_exported
 from quantlab.runs.config import config_dir
 from quantlab.runs.export import Tolerance, export_network, export_settings
 from quantlab.runs.guards import export_args

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from quantlab.engine.console import fail
 from quantlab.report.claims import measure, print_claims
+from quantlab.report.collect import find_runs
 from quantlab.report.paper import load_paper
 from quantlab.report.plots import plot_claims, plot_curves, plot_ptq
-from quantlab.report.runs import find_runs
 
 KINDS = ("ptq", "curves")
 

@@ -22,9 +22,10 @@ from quantlab.engine.checkpoint import seed_everything
 from quantlab.engine.console import console
 from quantlab.engine.evaluate import resolve_device
 from quantlab.engine.lock import locked
-from quantlab.errors import ConfigError, sweep_pairs
+from quantlab.errors import ConfigError
+from quantlab.quant.pairs import sweep_pairs
 from quantlab.quant.sweep import PTQSettings
-from quantlab.runs.build import build, load_exported
+from quantlab.runs.components import build, load_exported
 from quantlab.runs.config import config_dir
 from quantlab.runs.guards import ptq_args
 from quantlab.runs.job import Job, launch, run_command

@@ -26,8 +26,8 @@ from pathlib import Path
 from quantlab.engine.console import fail
 from quantlab.report.claims import measure, print_claims
 from quantlab.report.claims import to_markdown as claims_markdown
+from quantlab.report.collect import find_runs
 from quantlab.report.paper import load_paper
-from quantlab.report.runs import find_runs
 from quantlab.report.tables import build_paper_table, build_table, outside_notes, print_table, write_outputs
 
 # -- command line -----------------------------------------------------------------------------------------

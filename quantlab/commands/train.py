@@ -20,9 +20,10 @@ from quantlab.engine import distributed
 from quantlab.engine.checkpoint import seed_everything
 from quantlab.engine.console import console
 from quantlab.engine.lock import locked
-from quantlab.errors import Interrupted, sweep_pairs
+from quantlab.errors import Interrupted
+from quantlab.quant.pairs import sweep_pairs
 from quantlab.quant.sweep import PTQSettings
-from quantlab.runs.build import build, load_init
+from quantlab.runs.components import build, load_init
 from quantlab.runs.config import RESOLVED, config_dir, prepare_train_config, resume_config
 from quantlab.runs.export import export_pairs, export_trained
 from quantlab.runs.guards import train_args

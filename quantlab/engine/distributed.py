@@ -1,6 +1,6 @@
 """One run on N processes with torch.distributed: who this process is, the process group, and the
 few collectives the runner needs (settling the run directory, agreeing to stop, gathering checkpoint
-parts); tensor reductions over the ranks are quantlab.methods.replicas'.
+parts); tensor reductions over the ranks are quantlab.collective'.
 
 The ranks come from the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK); a SLURM job with
 several tasks gets the same variables from submitit's TorchDistributedEnvironment. The default group

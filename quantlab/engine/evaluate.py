@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quantlab import collective
 from quantlab.data import EpochLoader
 from quantlab.errors import ConfigError
-from quantlab.methods import replicas
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,7 +76,7 @@ def weight_gradient_norms(
     grads = torch.autograd.grad(loss, weights, retain_graph=retain_graph, allow_unused=True)
     flat = torch.cat([g.detach().float().reshape(-1) for g in grads if g is not None])
     if over_ranks:
-        (flat,) = replicas.mean_over_ranks([flat])
+        (flat,) = collective.mean_over_ranks([flat])
     return {"l1": flat.abs().sum(), "l2": flat.norm(), "linf": flat.abs().max()}
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from quantlab import collective
 from quantlab.data import DataBundle, EpochLoader, Shard, make_loader
 from quantlab.engine import checkpoint, distributed, sync_bn
 from quantlab.engine.console import interactive
@@ -31,7 +32,6 @@ from quantlab.engine.evaluate import autocast, evaluate, gradient_norms, resolve
 from quantlab.engine.progress import Progress
 from quantlab.engine.settings import TrainerSettings
 from quantlab.errors import ConfigError, Diverged, Interrupted
-from quantlab.methods import replicas
 from quantlab.methods.base import Method
 
 log = logging.getLogger("quantlab")
@@ -91,7 +91,7 @@ class Running:
         keys = sorted(self.terms)
         sums = [float(self.loss), float(self.correct), float(self.n), *(float(self.terms[k]) for k in keys)]
         if world > 1:
-            sums = replicas.sum_over_ranks(torch.tensor(sums, dtype=torch.float64)).tolist()
+            sums = collective.sum_over_ranks(torch.tensor(sums, dtype=torch.float64)).tolist()
         loss, correct, n, *terms = sums
         values = {"train/loss": loss / n, "train/acc": 100.0 * correct / n, "lr": float(self.lr)}
         values.update({f"method/{k}": v / world / self.steps for k, v in zip(keys, terms, strict=True)})

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from quantlab import collective
 from quantlab.errors import ConfigError
-from quantlab.methods import replicas
 from quantlab.methods.base import Method, Traits, surrogate_term
 from quantlab.quant.layers import conv_linear_layers
 from quantlab.schedules import Constant, Schedule
@@ -58,12 +58,12 @@ def global_norms(g_w: list[Tensor], g_y: list[Tensor], p: int) -> tuple[list[Ten
     ∇_W L_r, and ∇_y L over rank r's samples is ∇_y L_r / R. Returns ∇_W L, ‖∇_y L‖_p over the
     samples of every rank, and ‖(∇_y L_r)_r‖_p (the ranks' gradients side by side: what normalises
     rank r's part of the ℓ2 direction, ∇_y L_r / ‖(∇_y L_r)_r‖₂)."""
-    g_w = replicas.mean_over_ranks(g_w)
-    n = replicas.world()
+    g_w = collective.mean_over_ranks(g_w)
+    n = collective.world()
     if not g_y:
         return g_w, torch.zeros(()), torch.zeros(())
     local = torch.stack([g.abs().sum() if p == 1 else g.square().sum() for g in g_y]).sum()
-    total = replicas.sum_over_ranks(local) ** (1.0 / p)  # ‖concat_r ∇_y L_r‖_p
+    total = collective.sum_over_ranks(local) ** (1.0 / p)  # ‖concat_r ∇_y L_r‖_p
     return g_w, total / n, total
 
 
@@ -273,7 +273,7 @@ def fd_step(largest_shift: float, direction: list[Tensor]) -> float:
     """
     maxima = [v.abs().amax() for v in direction if v.numel()]
     largest = torch.stack(maxima).max() if maxima else torch.zeros(())
-    vmax = float(replicas.max_over_ranks(largest))  # the same step on every rank; one host sync
+    vmax = float(collective.max_over_ranks(largest))  # the same step on every rank; one host sync
     return largest_shift / vmax if vmax > 0 else largest_shift
 
 

@@ -20,10 +20,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from quantlab.errors import ConfigError, check_bits
+from quantlab.errors import ConfigError
 from quantlab.methods.base import Method, Traits
 from quantlab.methods.weights import plain_copy
 from quantlab.quant.layers import conv_linear_layers
+from quantlab.quant.pairs import check_bits
 from quantlab.quant.uniform import activation_grid, fake_quantize_activation, quantize_tensor
 
 

@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import symbolic_trace
 
-from quantlab.errors import ConfigError, Pair, check_bits
+from quantlab.errors import ConfigError
 from quantlab.quant.fold import fold_batch_norm
 from quantlab.quant.layers import WEIGHT_LAYERS
+from quantlab.quant.pairs import Pair, check_bits
 from quantlab.quant.ranges import (
     Range,
     RangeObserver,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from quantlab.errors import check_bits
+from quantlab.quant.pairs import check_bits
 
 
 def int_range(bits: int, symmetric: bool) -> tuple[int, int]:

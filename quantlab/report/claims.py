@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quantlab.report.collect import Run
 from quantlab.report.paper import Claim, PaperTable, Side, matches, row_of
-from quantlab.report.runs import Run
 
 HOLDS, NOT_SHOWN, REVERSED = "holds", "not shown", "reversed"
 CONFIDENCE = 0.95

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from quantlab.engine.files import atomic_write
-from quantlab.report.runs import Run, varying_keys
+from quantlab.report.collect import Run, varying_keys
 from quantlab.report.tables import build_table
 
 ANNEALED = ("method/beta", "method/lambda", "method/lambda_q", "method/lam")

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantlab.engine.files import write_text_atomic
+from quantlab.report.collect import IGNORED_KEYS, Run, varying_keys
 from quantlab.report.paper import PaperTable, matches, row_of
-from quantlab.report.runs import IGNORED_KEYS, Run, varying_keys
 
 
 @dataclass

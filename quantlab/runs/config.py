@@ -14,7 +14,8 @@ from omegaconf.errors import OmegaConfBaseException
 from quantlab.data.bundle import check_val_split
 from quantlab.data.resident import check_loader
 from quantlab.engine.settings import amp_setting
-from quantlab.errors import ConfigError, QuantlabError, check_bits, check_positive, parse_sweep
+from quantlab.errors import ConfigError, QuantlabError, check_positive
+from quantlab.quant.pairs import check_bits, parse_sweep
 
 
 def config_dir() -> str:

@@ -28,10 +28,11 @@ from torch import nn
 
 from quantlab.data import DataBundle, EpochLoader, make_loader
 from quantlab.engine.files import atomic_write, write_json_atomic
-from quantlab.errors import ConfigError, Pair, parse_pair
+from quantlab.errors import ConfigError
 from quantlab.methods.base import Method
 from quantlab.quant.layers import WEIGHT_LAYERS
 from quantlab.quant.onnx_graph import OPSET, check_exportable, to_onnx
+from quantlab.quant.pairs import Pair, parse_pair
 from quantlab.quant.sweep import PTQSettings, PTQSweep, Variant, evaluate_variants, pair_name, plan
 from quantlab.quant.uniform import Codes, tensor_codes
 from quantlab.runs.config import override_key
@@ -60,7 +61,7 @@ def require_extra() -> None:
 def check_network(run_cfg: Any, settings: PTQSettings) -> None:
     """Before anything is written: the network of `run_cfg` (rebuilt from the config, untrained)
     has only operators the ONNX export writes, with the PTQ sites and folding `settings` give."""
-    from quantlab.runs.build import build
+    from quantlab.runs.components import build
 
     method = build(run_cfg.method, "method")
     network = method.export(method.prepare(build(run_cfg.model))).eval()

@@ -1,5 +1,5 @@
 """The checks that protect run directories, made on the command line before Hydra creates or writes
-into a directory: every job's config is checked (runs.checks), an existing run is never overwritten,
+into a directory: every job's config is checked (runs.preflight), an existing run is never overwritten,
 a resume names a resumable run that no live process holds, a PTQ source is a finished run, and the
 directory is locked (runs.lock) for the life of the process. Each failure is one ConfigError line.
 
@@ -18,9 +18,10 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from quantlab.engine import lock
-from quantlab.errors import ConfigError, MissingSetting, QuantlabError, parse_pair, parse_sweep
-from quantlab.runs.checks import check_train, compose_checked
+from quantlab.errors import ConfigError, MissingSetting, QuantlabError
+from quantlab.quant.pairs import parse_pair, parse_sweep
 from quantlab.runs.config import RESOLVED, override_key, resume_config
+from quantlab.runs.preflight import check_train, compose_checked
 from quantlab.runs.results import read_results
 from quantlab.runs.training import start_mode
 

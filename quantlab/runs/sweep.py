@@ -11,8 +11,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from quantlab.data import DataBundle, EpochLoader, make_loader
-from quantlab.errors import ConfigError, Pair
+from quantlab.errors import ConfigError
 from quantlab.methods.base import Method, Traits
+from quantlab.quant.pairs import Pair
 from quantlab.quant.sweep import PTQSettings, SweepResult, run_sweep
 from quantlab.runs.runlog import RunLog
 

@@ -12,9 +12,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from quantlab.engine import distributed
 from quantlab.engine.evaluate import resolve_device
-from quantlab.errors import ConfigError, sweep_pairs
+from quantlab.errors import ConfigError
+from quantlab.quant.pairs import sweep_pairs
 from quantlab.quant.sweep import PTQSettings
-from quantlab.runs.build import build
+from quantlab.runs.components import build
 from quantlab.runs.config import compose, group_options, prepare_train_config
 from quantlab.runs.sweep import wants_sweep
 

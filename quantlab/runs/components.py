@@ -1,5 +1,6 @@
 """Building what a run's config names: dataset, model, method (Hydra `_target_`s), a network to start
-from (`init_from=`), and a finished run's exported network (what `quantlab ptq` sweeps)."""
+from (`init_from=`), a finished run's exported network (what `quantlab ptq` sweeps), and a Trainer from
+overrides alone (tests, benchmarks)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from quantlab.engine import checkpoint
+from quantlab.engine.settings import TrainerSettings
+from quantlab.engine.trainer import Trainer
 from quantlab.errors import ConfigError, MissingSetting, QuantlabError
 from quantlab.methods.base import Method
+from quantlab.runs.config import compose
 
 log = logging.getLogger("quantlab")
 
@@ -107,3 +111,23 @@ def load_exported(
     method.load_state_dict(state.get("method", {}))
     step = state.get("step", (state.get("clock") or {}).get("step"))
     return method.export(model).eval(), method, step
+
+
+def trainer_for(overrides: list[str], run_dir: Path, runlog: Any | None = None, seed: int = 0) -> Trainer:
+    """A Trainer for the train config composed with `overrides` (model, method, data built with
+    torch seeded with `seed`), writing into `run_dir`; no run directory is set up or locked."""
+    cfg = compose(overrides)
+    torch.manual_seed(seed)
+    model, method, data = instantiate(cfg.model), instantiate(cfg.method), instantiate(cfg.dataset)
+    return Trainer(model, method, data, TrainerSettings.from_config(cfg), Path(run_dir), runlog)
+
+
+def method_overrides(spec: str) -> list[str]:
+    """`name[:bitwidth][,key=value...]` (e.g. `md_tanh_s:ternary`, `grad_l1,estimator=fd`) -> the
+    overrides selecting it; the bit-width defaults to binary (float ignores it). A key is the
+    method's (`estimator=fd` -> `method.estimator=fd`) unless it is dotted: `float,trainer.compile=true`
+    passes `trainer.compile=true` as it is."""
+    head, *options = spec.split(",")
+    name, _, bitwidth = head.partition(":")
+    settings = [o if "." in o.partition("=")[0] else f"method.{o}" for o in options]
+    return [f"method={name}", f"bitwidth={bitwidth or 'binary'}", *settings]
