@@ -19,6 +19,13 @@ class QuantlabError(Exception):
     status: str = "failed"
 
 
+class NothingToDo(QuantlabError):
+    """A command with nothing left to do (resume=auto of a run that completed): it says so and ends
+    successfully."""
+
+    exit_code = 0
+
+
 class ConfigError(QuantlabError):
     """A config value outside what is allowed; the message names the field."""
 

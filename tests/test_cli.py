@@ -188,4 +188,4 @@ def test_a_grid_over_methods_takes_a_key_only_some_of_them_have(workdir):
     assert l1["status"] == "completed" and l1["choices"]["method"] == "l1"
     assert float_["status"] == "failed" and float_["error"].startswith("method.strength: method=float")
     typo = quantlab("train", "-m", "method=l1,float", "method.strenght=1", cwd=workdir, check=False)
-    assert typo.returncode == 2 and "Could not override 'method.strenght'" in typo.stderr
+    assert typo.returncode == 2 and "method.strenght: no method of the grid (float, l1)" in typo.stderr

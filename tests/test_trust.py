@@ -418,12 +418,13 @@ def test_cifar_files_that_fail_their_checksum_or_are_truncated_are_named(tmp_pat
 
 
 def test_resume_takes_the_new_data_root_and_refuses_experiment_changes(tmp_path, monkeypatch):
+    from quantlab.engine.rundir import RunDir
     from quantlab.errors import ConfigError
-    from quantlab.runs.config import RESOLVED, compose, resume_config
+    from quantlab.runs.config import compose, resume_config
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / RESOLVED).write_text(
+    RunDir(run).config.write_text(
         __import__("omegaconf").OmegaConf.to_yaml(
             compose(["dataset=cifar10", "dataset.root=/old/place", "seed=1"]), resolve=True
         )

@@ -12,23 +12,24 @@ export.log. The export is `verified` within `tolerance`, else `mismatch` (exit 1
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from quantlab.engine import lock
 from quantlab.engine.checkpoint import seed_everything
 from quantlab.engine.console import console
+from quantlab.engine.rundir import RunDir
 from quantlab.errors import ConfigError
 from quantlab.quant.pairs import parse_pair
 from quantlab.quant.sweep import PTQSettings
-from quantlab.runs.components import build, load_exported
+from quantlab.runs.cmdline import CommandLine
+from quantlab.runs.components import FinishedRun, build
 from quantlab.runs.config import config_dir
-from quantlab.runs.export import Tolerance, export_network, export_settings
-from quantlab.runs.guards import export_args
+from quantlab.runs.export import Tolerance, check_network, export_network, export_settings, require_extra
 from quantlab.runs.job import Job, launch, run_command
-from quantlab.runs.results import read_results
+from quantlab.runs.preflight import compose_checked, settled_dir
 from quantlab.runs.summary import print_export
 
 
@@ -43,25 +44,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     job = Job.current()
-    source, which = Path(str(cfg.run)).expanduser().resolve(), str(cfg.checkpoint)
-    run_cfg = OmegaConf.load(source / "config.yaml")
+    source = FinishedRun.open(cfg.run, str(cfg.checkpoint))  # checked before Hydra started
+    run_cfg = source.config
     pair = parse_pair(OmegaConf.to_container(cfg.bits) if OmegaConf.is_config(cfg.bits) else cfg.bits)
     settings = PTQSettings.from_config(export_settings(run_cfg, cfg, job.overrides))
     seed = int(cfg.seed if cfg.get("seed") is not None else run_cfg.seed)
-    batch = cfg.get("batch_size") or run_cfg.trainer.get("eval_batch_size")
-    batch = int(batch or 2 * int(run_cfg.schedule.batch_size))
+    batch = source.eval_batch_size(cfg.get("batch_size"))
     seed_everything(seed)
     data = build(run_cfg.dataset)
-    network, method, step = load_exported(source, which, run_cfg, torch.device("cpu"))
+    network, method, step = source.network(torch.device("cpu"))
     tolerance = Tolerance(float(cfg.tolerance.acc_points), float(cfg.tolerance.agreement))
-    source_results = read_results(source)
-    origin = {
-        "run": str(source),
-        "checkpoint": which,
-        "step": step,
-        "status": source_results.get("status", "unknown"),
-        "choices": source_results.get("choices", {}),
-    }
     record = export_network(
         network,
         method,
@@ -72,10 +64,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         seed=seed,
         batch_size=batch,
         tolerance=tolerance,
-        source=origin,
+        source=source.origin(step),
     )
-    print_export([record], f"quantlab export — {source.name} ({which} checkpoint, step {step})")
-    console.print(f"written: {job.dir / 'model.onnx'}, {job.dir / 'export.json'}")
+    print_export(
+        [record], f"quantlab export — {source.files.path.name} ({source.which} checkpoint, step {step})"
+    )
+    console.print(f"written: {job.files.onnx}, {job.files.export_record}")
     if record["status"] != "verified":
         v = record["verification"]
         exact = v["float_kernels"]
@@ -88,9 +82,35 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise Mismatch(
             f"{record['pair']}: onnxruntime top-1 {v['onnx_acc']:.2f}, fake-quant {v['fake_quant_acc']:.2f}, "
             f"argmax agreement {v['agreement']:.2f} % (tolerance: {tolerance.acc_points} points, "
-            f"{tolerance.agreement} %); {cause}; see {job.dir / 'export.json'}"
+            f"{tolerance.agreement} %); {cause}; see {job.files.export_record}"
         )
     return record
+
+
+def export_args(args: list[str]) -> list[str]:
+    """`quantlab export` arguments, checked before anything is written: the extra is installed, `run=`
+    is a completed run, `bits=` is a pair in 1..16, the ptq settings are valid, the network has only
+    exportable operators, and the output directory is new (then locked)."""
+    line = CommandLine.parse(args)
+    if line.runs_nothing:
+        return args
+    require_extra()
+    if line.multirun:
+        raise ConfigError("quantlab export: one run and one pair per command (no -m)")
+    source = FinishedRun.open(line.text("run"), line.text("checkpoint") or "best")
+    cfg = compose_checked(line.task(), "export")
+    bits = cfg.get("bits")
+    parse_pair(OmegaConf.to_container(bits) if OmegaConf.is_config(bits) else bits)
+    for key in ("acc_points", "agreement"):
+        value = cfg.tolerance.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"tolerance.{key}={value!r}: must be a number >= 0")
+    check_network(source.config, PTQSettings.from_config(export_settings(source.config, cfg, line.task())))
+    out = RunDir(settled_dir(line, "hydra.run.dir", "export"))
+    if out.path.exists() and any(out.path.iterdir()):
+        raise ConfigError(f"hydra.run.dir={out}: not empty; pick a new directory")
+    lock.hold(out.path)
+    return line.with_value("hydra.run.dir", str(out.path)).args()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="export")

@@ -11,25 +11,27 @@ unquantized network), tb/ (`ptq/acc_w8a4`, ...), metrics.jsonl and ptq.log.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from quantlab.data import make_loader
+from quantlab.engine import lock
 from quantlab.engine.checkpoint import seed_everything
 from quantlab.engine.console import console
 from quantlab.engine.evaluate import resolve_device
 from quantlab.engine.lock import locked
+from quantlab.engine.rundir import RunDir
 from quantlab.errors import ConfigError
-from quantlab.quant.pairs import sweep_pairs
+from quantlab.quant.pairs import parse_sweep, sweep_pairs
 from quantlab.quant.sweep import PTQSettings
-from quantlab.runs.components import build, load_exported
+from quantlab.runs.cmdline import CommandLine
+from quantlab.runs.components import FinishedRun, build
 from quantlab.runs.config import config_dir
-from quantlab.runs.guards import ptq_args
 from quantlab.runs.job import Job, launch, run_command
-from quantlab.runs.results import read_results, recorded
+from quantlab.runs.preflight import compose_checked, settled_dir
+from quantlab.runs.results import recorded
 from quantlab.runs.runlog import RunLog
 from quantlab.runs.summary import print_sweep
 from quantlab.runs.sweep import record_sweep, sweep_network
@@ -38,17 +40,16 @@ from quantlab.runs.sweep import record_sweep, sweep_network
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The body of `quantlab ptq`; returns the results written to results.json."""
     job = Job.current()
-    source, which = Path(str(cfg.run)).expanduser().resolve(), str(cfg.checkpoint)
-    source_results = read_results(source)
+    source = FinishedRun.open(cfg.run, str(cfg.checkpoint), allow_incomplete=True)  # checked before
     results = job.new_results(
-        source_run=str(source),
-        checkpoint=which,
-        source_status=source_results.get("status", "unknown"),
-        source_choices=source_results.get("choices", {}),
+        source_run=str(source.files),
+        checkpoint=source.which,
+        source_status=source.results.get("status", "unknown"),
+        source_choices=source.results.get("choices", {}),
     )
-    with locked(job.dir), recorded(job.results_path, results, job.started):
+    with locked(job.dir), recorded(job.files.results, results, job.started):
         settings = PTQSettings.from_config(OmegaConf.to_container(cfg.ptq, resolve=True))
-        run_cfg = OmegaConf.load(source / "config.yaml")
+        run_cfg = source.config
         sweep = cfg.bitwidth.sweep if cfg.bitwidth.get("sweep") is not None else run_cfg.bitwidth.get("sweep")
         pairs = sweep_pairs(OmegaConf.to_container(sweep) if sweep is not None else None)
         if not pairs:
@@ -58,20 +59,43 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         device = resolve_device(str(cfg.device))
         seed_everything(int(cfg.seed))
         data = build(run_cfg.dataset)
-        network, method, step = load_exported(source, which, run_cfg, device)
+        network, method, step = source.network(device)
         results["source_step"] = step
-        eval_bs = cfg.get("eval_batch_size") or run_cfg.trainer.get("eval_batch_size")
-        eval_bs = int(eval_bs or 2 * int(run_cfg.schedule.batch_size))
-        test_loader = make_loader(data.test, eval_bs, train=False, device=device)
+        test_loader = make_loader(
+            data.test, source.eval_batch_size(cfg.get("eval_batch_size")), train=False, device=device
+        )
         with RunLog(job.dir) as runlog:
             result = sweep_network(network, pairs, settings, data, test_loader, method, int(cfg.seed))
             swept = record_sweep(results, result, settings, pairs, runlog)
         metrics = {**{f"reference/{k}": v for k, v in result.reference.items()}, **swept}
         timing = {f"ptq_{k}": v for k, v in result.timing.items()}
         results.update(status="completed", metrics=metrics, timing={"total_s": job.elapsed(), **timing})
-    print_sweep(result, f"quantlab ptq — {source.name} ({which} checkpoint, step {step})")
-    console.print(f"results: {job.results_path}")
+    print_sweep(result, f"quantlab ptq — {source.files.path.name} ({source.which} checkpoint, step {step})")
+    console.print(f"results: {job.files.results}")
     return results
+
+
+def ptq_args(args: list[str]) -> list[str]:
+    """`quantlab ptq` arguments, checked before anything is written: every `run=` is a completed run
+    (or allow_incomplete=true), the sweep settings are valid, the output directory is new (then
+    locked)."""
+    line = CommandLine.parse(args)
+    if line.runs_nothing:
+        return args
+    which = line.text("checkpoint") or "best"
+    allow = str(line.text("allow_incomplete") or "false").lower() == "true"
+    for run in line.values("run") or [None]:
+        FinishedRun.open(run, which, allow)
+    if line.multirun:
+        return args
+    cfg = compose_checked(line.task(), "ptq")
+    PTQSettings.from_config(cfg.get("ptq"))
+    parse_sweep(cfg.bitwidth.get("sweep"), "bitwidth.sweep", high=16)
+    out = RunDir(settled_dir(line, "hydra.run.dir", "ptq"))
+    if out.holds_run():
+        raise ConfigError(f"hydra.run.dir={out}: already holds a run; pick a new directory")
+    lock.hold(out.path)
+    return line.with_value("hydra.run.dir", str(out.path)).args()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="ptq")

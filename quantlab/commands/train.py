@@ -16,6 +16,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from quantlab.commands.train_checks import train_args
 from quantlab.engine import distributed
 from quantlab.engine.checkpoint import seed_everything
 from quantlab.engine.console import console
@@ -24,11 +25,10 @@ from quantlab.errors import Interrupted
 from quantlab.quant.pairs import sweep_pairs
 from quantlab.quant.sweep import PTQSettings
 from quantlab.runs.components import build, load_init
-from quantlab.runs.config import RESOLVED, config_dir, prepare_train_config, resume_config
+from quantlab.runs.config import config_dir, prepare_train_config, resume_config
 from quantlab.runs.export import export_pairs, export_trained
-from quantlab.runs.guards import train_args
 from quantlab.runs.job import Job, launch, run_command
-from quantlab.runs.results import continued, read_results, recorded
+from quantlab.runs.results import continued, recorded
 from quantlab.runs.summary import print_summary, print_sweep
 from quantlab.runs.sweep import record_sweep, sweep_network, wants_sweep
 from quantlab.runs.training import (
@@ -53,16 +53,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         mode = distributed.broadcast(start_mode(asked, job.dir) if here.main else None)
         if mode == "done":  # a sweep resume passing a job that completed
             log.info(f"{job.dir}: completed already; skipped")
-            return read_results(job.dir)
+            return job.files.read_results()
         resume = mode == "resume"
         cfg, overrides = resume_config(cfg, job.dir, job.overrides) if resume else (cfg, job.overrides)
         fresh = job.new_results(overrides, choices=job.choices)
-        results = {**continued(read_results(job.dir) or fresh), "run_dir": str(job.dir)} if resume else fresh
+        before = job.files.read_results() if resume else {}
+        results = {**continued(before or fresh), "run_dir": str(job.dir)} if resume else fresh
         if not here.main:  # trains its part of every batch; rank 0 writes, tests and sweeps
             with distributed.peers_watched():
                 return train(cfg, job, results, resume, signals)
         watched = distributed.peers_watched()
-        with recorded(job.results_path, results, job.started), hinted(job, overrides), watched:
+        with recorded(job.files.results, results, job.started), hinted(job, overrides), watched:
             return train(cfg, job, results, resume, signals)
 
 
@@ -71,7 +72,7 @@ def train(
 ) -> dict[str, Any]:
     """Build, train, test, sweep; fill `results` (written by the caller)."""
     main = distributed.ranks().main
-    cfg = prepare_train_config(cfg, job.choices, write_to=None if resume or not main else job.dir / RESOLVED)
+    cfg = prepare_train_config(cfg, job.choices, write_to=None if resume or not main else job.files.config)
     ptq_settings, pairs = PTQSettings.from_config(cfg.get("ptq")), sweep_pairs(cfg.bitwidth.get("sweep"))
     seed_everything(int(cfg.seed))
     data, model, method = build(cfg.dataset), build(cfg.model), build(cfg.method, "method")

@@ -16,9 +16,10 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from quantlab.engine import rundir
 from quantlab.errors import ConfigError
 
-LOCK_FILE = ".lock"
+LOCK_FILE = rundir.LOCK
 _held: dict[Path, int] = {}  # directory -> the open, locked file descriptor
 
 
@@ -43,6 +44,30 @@ def hold(directory: str | os.PathLike, what: str = "run directory") -> bool:
     os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
     _held[path] = fd
     return True
+
+
+def check_free(directory: str | os.PathLike, what: str = "run directory") -> None:
+    """The ConfigError `hold` would raise, without taking the lock or writing anything: for checks
+    that must leave a directory as it was when they refuse."""
+    path = Path(directory).expanduser().resolve()
+    pid = holder(path)
+    if pid is not None and pid != os.getpid():
+        _, host = _read_path(path)
+        raise ConfigError(
+            f"{path}: this {what} is in use by another quantlab process (PID {pid} on {host}); "
+            "wait for it to end, or pick another directory"
+        )
+
+
+def _read_path(path: Path) -> tuple[str, str]:
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return "?", "?"
+    try:
+        return _read(fd)
+    finally:
+        os.close(fd)
 
 
 def release(directory: str | os.PathLike) -> None:

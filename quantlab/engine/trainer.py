@@ -30,6 +30,7 @@ from quantlab.engine import checkpoint, distributed, sync_bn
 from quantlab.engine.console import interactive
 from quantlab.engine.evaluate import autocast, evaluate, gradient_norms, resolve_device, weight_gradient_norms
 from quantlab.engine.progress import Progress
+from quantlab.engine.rundir import RunDir
 from quantlab.engine.settings import TrainerSettings
 from quantlab.errors import ConfigError, Diverged, Interrupted
 from quantlab.methods.base import Method
@@ -133,8 +134,7 @@ class Trainer:
         runlog: Any | None = None,  # quantlab.runs.runlog.RunLog: scalars(values, step, epoch), histograms
     ) -> None:
         s = self.settings = settings
-        self.ckpt_dir = Path(run_dir) / "checkpoints"
-        self.run_dir = Path(run_dir)
+        self.files = RunDir(run_dir)  # checkpoints/last.pt, best.pt, exported.pt
         self.device = resolve_device(s.device)
         self.method, self.data, self.runlog = method, data, runlog
 
@@ -490,7 +490,7 @@ class Trainer:
             return
         self.check_finite_weights()
         state = self.state() if ranks is None else {**self.state(), "ranks": ranks}
-        checkpoint.atomic_save(state, self.ckpt_dir / "last.pt")
+        checkpoint.atomic_save(state, self.files.last)
         self.last_saved_step = self.clock.step
 
     def save_best(self, values: dict[str, float]) -> None:
@@ -502,7 +502,7 @@ class Trainer:
             "epoch": self.clock.epoch,
             "metrics": values,
         }
-        checkpoint.atomic_save(state, self.ckpt_dir / "best.pt")
+        checkpoint.atomic_save(state, self.files.best)
 
     def load(self, path: Path) -> None:
         """Continue from a last.pt file."""
@@ -534,7 +534,7 @@ class Trainer:
 
     def test(self) -> TestResult:
         """Load the best checkpoint, evaluate it and its export on the test set; save exported.pt."""
-        best_path = self.ckpt_dir / "best.pt"
+        best_path = self.files.best
         best_values: dict[str, float] = {}
         if best_path.exists():
             best = checkpoint.load(best_path, self.device)
@@ -553,7 +553,7 @@ class Trainer:
             norms = gradient_norms(exported, loader)
             metrics.update({f"test/grad_norm_{k}": v for k, v in norms.items()})
         self.timing["test_s"] = time.perf_counter() - started
-        checkpoint.atomic_save({"model": exported.state_dict()}, self.run_dir / "exported.pt")
+        checkpoint.atomic_save({"model": exported.state_dict()}, self.files.exported)
         final_train = {k: v for k, v in self.last_logged.items() if k.startswith(("train/", "method/"))}
         metrics = {**final_train, **best_values, **metrics}
         return TestResult(metrics, exported, loader, reference, self.clock.step, self.clock.epoch)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantlab.engine import lock
+from quantlab.engine import lock, rundir
+from quantlab.engine.rundir import RunDir
 
 IGNORED_KEYS = ("seed", "hydra.", "hydra/")
 
@@ -35,7 +36,7 @@ class Run:
         if key in self.choices:
             return self.choices[key]
         if self._config is None:
-            self._config = _read_config(self.path / "config.yaml")
+            self._config = _read_config(RunDir(self.path).config)
         node: Any = self._config
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
@@ -111,7 +112,7 @@ def _missing_run(job: Path) -> Run:
     from omegaconf import OmegaConf
 
     try:
-        listed = list(OmegaConf.load(job / ".hydra" / "overrides.yaml") or [])
+        listed = list(OmegaConf.load(RunDir(job).overrides) or [])
     except Exception:  # unreadable or not YAML: the job is still shown, without its overrides
         listed = []
     return Run(job, "missing", _overrides([str(item) for item in listed]))
@@ -119,15 +120,13 @@ def _missing_run(job: Path) -> Run:
 
 def planned_jobs(sweep_dir: Path) -> list[Run]:
     """The jobs a sweep planned (its sweep.json), each as a "not started" run in <sweep dir>/<num>."""
-    try:
-        record = json.loads((sweep_dir / "sweep.json").read_text())
-        jobs = record["jobs"]
-        return [
-            Run(sweep_dir / str(int(job["num"])), "not started", _overrides(list(job["overrides"])))
-            for job in jobs
-        ]
-    except (OSError, ValueError, KeyError, TypeError):
+    record = RunDir(sweep_dir).read_sweep_record()
+    if record is None:
         return []
+    return [
+        Run(sweep_dir / str(job["num"]), "not started", _overrides([str(o) for o in job["overrides"]]))
+        for job in record["jobs"]
+    ]
 
 
 def find_runs(dirs: list[Path]) -> list[Run]:
@@ -137,13 +136,13 @@ def find_runs(dirs: list[Path]) -> list[Run]:
     for root in dirs:
         if not root.is_dir():
             raise ValueError(f"{root}: not a directory")
-        for results in sorted(root.rglob("results.json")):
+        for results in sorted(root.rglob(rundir.RESULTS)):
             runs.setdefault(results.parent.resolve(), read_run(results))
-        for hydra in sorted(root.rglob(".hydra")):
+        for hydra in sorted(root.rglob(rundir.HYDRA)):
             job = hydra.parent.resolve()
-            if job not in runs and (hydra / "overrides.yaml").is_file():
+            if job not in runs and RunDir(job).overrides.is_file():
                 runs[job] = _missing_run(hydra.parent)
-        for record in sorted(root.rglob("sweep.json")):
+        for record in sorted(root.rglob(rundir.SWEEP_RECORD)):
             for planned in planned_jobs(record.parent):
                 runs.setdefault(planned.path.resolve(), planned)
     return list(runs.values())

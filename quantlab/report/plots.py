@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from quantlab.engine.files import atomic_write
+from quantlab.engine.rundir import RunDir
 from quantlab.report.collect import Run, varying_keys
 from quantlab.report.tables import build_table
 
@@ -62,7 +63,7 @@ def plot_ptq(runs: list[Run], rows: list[str] | None, metric: str, path: Path) -
 def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every numeric series of a run's metrics.jsonl, as (step, value) pairs."""
     series: dict[str, list[tuple[int, float]]] = {}
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     if not path.is_file():
         return series
     for line in path.read_text().splitlines():

@@ -5,6 +5,7 @@ overrides alone (tests, benchmarks)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from quantlab.engine import checkpoint
+from quantlab.engine.rundir import CHECKPOINTS, RunDir
 from quantlab.engine.settings import TrainerSettings
 from quantlab.engine.trainer import Trainer
 from quantlab.errors import ConfigError, MissingSetting, QuantlabError
@@ -77,12 +79,12 @@ def load_init(model: nn.Module, source: str) -> None:
     that run was quantized; a .pt file with a "model" entry or a plain state dict works too."""
     path = Path(source).expanduser()
     if path.is_dir():
-        best = path / "checkpoints" / "best.pt"
-        if not best.exists():
+        files = RunDir(path)
+        if not files.best.exists():
             raise ConfigError(f"init_from={source}: no checkpoints/best.pt in that run directory")
-        state = checkpoint.load(best)["model"]
-        if any("parametrizations" in k for k in state) and (path / "exported.pt").exists():
-            state = checkpoint.load(path / "exported.pt")["model"]
+        state = checkpoint.load(files.best)["model"]
+        if any("parametrizations" in k for k in state) and files.exported.exists():
+            state = checkpoint.load(files.exported)["model"]
     elif path.is_file():
         state = checkpoint.load(path)
         state = state.get("model", state)
@@ -98,19 +100,71 @@ def load_init(model: nn.Module, source: str) -> None:
     )
 
 
-def load_exported(
-    source: Path, which: str, run_cfg: DictConfig, device: torch.device
-) -> tuple[nn.Module, Method, int | None]:
-    """Rebuild a finished run's model and method, load checkpoints/<which>.pt; return the export,
-    the method and the checkpoint's step."""
-    model = build(run_cfg.model)
-    method = build(run_cfg.method)
-    state = checkpoint.load(source / "checkpoints" / f"{which}.pt", device)
-    model = method.prepare(model.to(device))
-    model.load_state_dict(state["model"])
-    method.load_state_dict(state.get("method", {}))
-    step = state.get("step", (state.get("clock") or {}).get("step"))
-    return method.export(model).eval(), method, step
+@dataclass
+class FinishedRun:
+    """A `quantlab train` run read back (never written): its files, its resolved config and its
+    results; it rebuilds the run's network from a checkpoint. What `quantlab ptq` and `quantlab
+    export` start from."""
+
+    files: RunDir
+    config: DictConfig
+    results: dict[str, Any]
+    which: str  # the checkpoint: best or last
+
+    @classmethod
+    def open(cls, run: Any, which: str = "best", allow_incomplete: bool = False) -> FinishedRun:
+        """The run directory `run=` names, checked: config.yaml and checkpoints/<which>.pt are there,
+        and it completed (unless `allow_incomplete`: then any network it holds is read, and the
+        results say so). Each refusal is one ConfigError."""
+        if which not in CHECKPOINTS:
+            raise ConfigError(f"checkpoint={which!r}: must be one of {', '.join(CHECKPOINTS)}")
+        if run is None or str(run).strip() == "":
+            raise ConfigError("run: give the run directory to read, e.g. run=outputs/train/<date>_<time>")
+        files = RunDir(str(run))
+        if not files.path.is_dir():
+            raise ConfigError(f"run={run}: no such directory")
+        wanted = (files.config, files.checkpoint(which))
+        missing = [str(p.relative_to(files.path)) for p in wanted if not p.is_file()]
+        if missing:
+            raise ConfigError(
+                f"run={run}: no {' and no '.join(missing)} there (not a finished quantlab train run)"
+            )
+        results = files.read_results()
+        status = results.get("status", "unknown")
+        if status != "completed" and not allow_incomplete:
+            raise ConfigError(
+                f"run={run}: its status is {status}, not completed, so its network is not the run's "
+                "result; resume it first, or read it anyway with allow_incomplete=true"
+            )
+        return cls(files, files.load_config(), results, which)
+
+    def eval_batch_size(self, given: int | None = None) -> int:
+        """The evaluation batch: `given`, else the run's trainer.eval_batch_size, else twice its
+        training batch (the trainer's rule)."""
+        size = given or self.config.trainer.get("eval_batch_size")
+        return int(size or 2 * int(self.config.schedule.batch_size))
+
+    def network(self, device: torch.device) -> tuple[nn.Module, Method, int | None]:
+        """The run's model and method rebuilt, checkpoints/<which>.pt loaded: the export (in eval
+        mode), the method and the checkpoint's step."""
+        cfg = self.config
+        model, method = build(cfg.model), build(cfg.method)
+        state = checkpoint.load(self.files.checkpoint(self.which), device)
+        model = method.prepare(model.to(device))
+        model.load_state_dict(state["model"])
+        method.load_state_dict(state.get("method", {}))
+        step = state.get("step", (state.get("clock") or {}).get("step"))
+        return method.export(model).eval(), method, step
+
+    def origin(self, step: int | None) -> dict[str, Any]:
+        """What a derived result (a PTQ sweep, an export) records of the run it came from."""
+        return {
+            "run": str(self.files.path),
+            "checkpoint": self.which,
+            "step": step,
+            "status": self.results.get("status", "unknown"),
+            "choices": self.results.get("choices", {}),
+        }
 
 
 def trainer_for(overrides: list[str], run_dir: Path, runlog: Any | None = None, seed: int = 0) -> Trainer:

@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from quantlab.data.bundle import check_val_split
 from quantlab.data.resident import check_loader
+from quantlab.engine.rundir import RunDir
 from quantlab.engine.settings import amp_setting
 from quantlab.errors import ConfigError, QuantlabError, check_positive
 from quantlab.quant.pairs import check_bits, parse_sweep
@@ -149,9 +150,6 @@ def check_missing(cfg: DictConfig) -> None:
         raise ConfigError(f"{missing[0]}: a value is required here (set {missing[0]}=...)")
 
 
-RESOLVED = "config.yaml"  # a run's fully resolved config, written when it starts
-
-
 #: Where a run reads its data and what machine it runs on: a resume may change them (data copied to
 #: node-local scratch, another GPU); every other setting is the experiment's and is kept.
 MACHINE_KEYS = (
@@ -186,7 +184,8 @@ def resume_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple
     run's; any other key whose value differs from the run's is refused, naming the keys. With no
     dataset.root among them, a QUANTLAB_DATA set now replaces the run's data root (the cluster
     pattern: data copied to node-local scratch by each job)."""
-    saved = OmegaConf.load(run_dir / RESOLVED)
+    files = RunDir(run_dir)
+    saved = files.load_config()
     now = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key in MACHINE_KEYS:  # compared apart: a group's subtree may hold them (dataset=cifar10)
         before = OmegaConf.select(saved, key, default=_ABSENT)
@@ -215,9 +214,8 @@ def resume_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple
             if OmegaConf.select(saved, key, default=_ABSENT) is not _ABSENT:  # e.g. digits has no root
                 OmegaConf.update(saved, key, value)
         saved.resume = str(run_dir)
-    saved_overrides = run_dir / ".hydra" / "overrides.yaml"
-    if saved_overrides.exists():
-        overrides = list(OmegaConf.load(saved_overrides))
+    if files.overrides.is_file():
+        overrides = files.saved_overrides()
     return saved, overrides
 
 

@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from quantlab.engine import distributed
 from quantlab.engine.console import fail
+from quantlab.engine.rundir import RunDir
 from quantlab.errors import ConfigError, Interrupted, QuantlabError
-from quantlab.runs.config import RESOLVED
+from quantlab.runs.cmdline import CommandLine
 
 
 @dataclass
@@ -49,8 +50,9 @@ class Job:
         )
 
     @property
-    def results_path(self) -> Path:
-        return self.dir / "results.json"
+    def files(self) -> RunDir:
+        """The names of the job's files (results.json, config.yaml, checkpoints, ...)."""
+        return RunDir(self.dir)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -85,37 +87,37 @@ def devices_command(args: list[str]) -> list[str] | None:
     processes (one per GPU; gloo processes on a machine without one), as the README spells it. A
     resume (`resume=<dir>`, or `resume=auto` of a hydra.run.dir) of a run started that way gets its
     N from the run's config."""
-    value = next((a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("trainer.devices=")), None)
-    resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    line = CommandLine.parse(args)
+    value = line.value("trainer.devices")
+    resume = line.text("resume")
     if resume == "auto":  # the run in hydra.run.dir, if there is one
-        resume = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
-    if value is None and resume not in (None, "null"):
-        saved = Path(str(resume)).expanduser() / RESOLVED
+        resume = line.text("hydra.run.dir")
+    if value is None and resume is not None:
+        saved = RunDir(resume).config
         devices = OmegaConf.load(saved).get("trainer", {}).get("devices", 1) if saved.is_file() else 1
-        args, value = [*args, f"trainer.devices={devices}"], str(devices)
-    if value is None or value == "1":
+        args, value = [*args, f"trainer.devices={devices}"], devices
+    if value is None or value == 1:
         return None
-    n = int(value) if value.isdigit() else 0
-    if n < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"trainer.devices={value}: must be an integer >= 1 (processes for this run)")
-    if "-m" in args or "--multirun" in args:
+    if line.multirun:
         raise ConfigError(
             "trainer.devices: one run on several GPUs; for a grid of multi-GPU runs use "
             "hydra/launcher=slurm_ddp (each job one process group)"
         )
     import torch
 
-    if torch.cuda.is_available() and n > torch.cuda.device_count():
-        raise ConfigError(f"trainer.devices={n}: this machine has {torch.cuda.device_count()} GPUs")
-    runner = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+    if torch.cuda.is_available() and value > torch.cuda.device_count():
+        raise ConfigError(f"trainer.devices={value}: this machine has {torch.cuda.device_count()} GPUs")
+    runner = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={value}"]
     return [sys.executable, *runner, "-m", "quantlab", "train", *args]
 
 
 def launch(
     command: str, guard: Callable[[list[str]], list[str]], app: Callable[[], Any], argv: list[str] | None
 ) -> None:
-    """`quantlab <command> [overrides]`: the directory guards on the overrides (runs.guards), before
-    Hydra creates anything, then the command's Hydra app."""
+    """`quantlab <command> [overrides]`: the command's guards on its arguments (beside each command:
+    commands/train_checks.py, ptq.py, export.py), before Hydra creates anything, then its Hydra app."""
     args = list(sys.argv[1:] if argv is None else argv)
     here = distributed.start()  # one of the processes of a torchrun / multi-task SLURM run?
     if command == "train" and not here.active:

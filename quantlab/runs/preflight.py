@@ -1,6 +1,8 @@
 """The checks a command line passes before Hydra creates a directory or any data is loaded: the config
 of every job composes (Hydra's own errors become one line), its values are in range, its method and
-PTQ settings build, its device exists. Each failure is one ConfigError (exit code 2)."""
+PTQ settings build, its device exists; and the directory a command will write into, settled before
+Hydra would resolve `${now:...}` itself. Each failure is one ConfigError (exit code 2). The commands'
+own guards (commands/train_checks.py, ptq.py, export.py) are made of these."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from quantlab.engine.evaluate import resolve_device
 from quantlab.errors import ConfigError
 from quantlab.quant.pairs import sweep_pairs
 from quantlab.quant.sweep import PTQSettings
+from quantlab.runs.cmdline import CommandLine
 from quantlab.runs.components import build
 from quantlab.runs.config import compose, group_options, prepare_train_config
 from quantlab.runs.sweep import wants_sweep
@@ -84,3 +87,13 @@ def check_exports(cfg: DictConfig, settings: PTQSettings) -> None:
     if export_pairs(cfg.get("export")):
         require_extra()
         check_network(cfg, settings)
+
+
+def settled_dir(line: CommandLine, key: str, config_name: str = "train") -> Path:
+    """`hydra.run.dir` / `hydra.sweep.dir` as given, or as the config resolves it now (the
+    directory the command will write into, whatever the clock says later)."""
+    given = line.text(key)
+    if given:
+        return Path(given).expanduser().resolve()
+    cfg = compose_checked(line.hydra(), config_name, keep_hydra=True)
+    return Path(str(cfg.hydra.run.dir if key == "hydra.run.dir" else cfg.hydra.sweep.dir)).resolve()

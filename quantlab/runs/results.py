@@ -16,7 +16,6 @@ previous results.json, and an error during it changes only `status` and `error`.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import time
@@ -28,15 +27,6 @@ from typing import Any
 from quantlab.engine import distributed
 from quantlab.engine.files import write_json_atomic
 from quantlab.errors import QuantlabError, WriteFailed
-
-
-def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """A run's results.json as a dict; {} when it is missing or not a well-formed JSON object."""
-    try:
-        data = json.loads((Path(run_dir) / "results.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def new_session(start_step: int | None = None) -> dict[str, Any]:

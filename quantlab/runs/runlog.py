@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from quantlab.engine.files import json_safe, write_text_atomic
+from quantlab.engine.rundir import RunDir
 from quantlab.errors import WriteFailed
 
 log = logging.getLogger("quantlab")
@@ -83,8 +84,8 @@ class RunLog:
 
         # purge_step drops events an interrupted run wrote after its last checkpoint.
         purge = None if resume_step is None else resume_step + 1
-        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
-        self.jsonl = MetricsLog(run_dir / "metrics.jsonl", resume_step, position)
+        self.tb = SummaryWriter(str(RunDir(run_dir).tensorboard), purge_step=purge)
+        self.jsonl = MetricsLog(RunDir(run_dir).metrics, resume_step, position)
 
     def position(self) -> int:
         return self.jsonl.position()

@@ -19,12 +19,11 @@ from torch import nn
 
 from quantlab.data import DataBundle
 from quantlab.engine import checkpoint, distributed
+from quantlab.engine.rundir import RunDir
 from quantlab.engine.settings import TrainerSettings
 from quantlab.engine.trainer import Trainer
 from quantlab.errors import Interrupted
 from quantlab.methods.base import Method
-from quantlab.runs.config import RESOLVED
-from quantlab.runs.results import read_results
 from quantlab.runs.runlog import RunLog, flatten, numbers
 
 log = logging.getLogger("quantlab")
@@ -38,10 +37,9 @@ def start_mode(resume: Any, run_dir: Path) -> str:
     if not resume:
         return "new"
     if str(resume) == "auto":
-        if read_results(run_dir).get("status") == "completed":
+        if RunDir(run_dir).status() == "completed":
             return "done"
-        resumable = (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / RESOLVED).is_file()
-        return "resume" if resumable else "new"
+        return "resume" if RunDir(run_dir).resumable() else "new"
     return "resume"
 
 
@@ -60,7 +58,7 @@ def training(
     both continue from checkpoints/last.pt: what was logged after it is dropped and logged again.
     `started` (perf_counter) is when this session began: its wall time adds to the run's; `signals`
     (when given) stops the trainer at a step boundary."""
-    state = checkpoint.load(run_dir / "checkpoints" / "last.pt") if resume else None
+    state = checkpoint.load(RunDir(run_dir).last) if resume else None
     position = state.get("log_position") if state else None
     main = distributed.ranks().main  # other ranks of a distributed run write nothing
     opened = RunLog(run_dir, state["clock"]["step"] if state else None, position) if main else None
@@ -140,7 +138,7 @@ def requeued(cfg_resume: Any, run_dir: Path, multirun: bool) -> Any:
     """The resume a job runs with. A job of a sweep finds a run in its own directory only when its
     launcher started it again (submitit's requeue after a preemption: the same overrides, the same
     directory; a sweep started afresh refuses a directory with runs): it continues as resume=auto."""
-    if cfg_resume or not multirun or not (run_dir / "results.json").is_file():
+    if cfg_resume or not multirun or not RunDir(run_dir).results.is_file():
         return cfg_resume
     log.info(f"{run_dir}: this job ran here before (requeued); continuing it from checkpoints/last.pt")
     return "auto"
@@ -162,7 +160,7 @@ def resume_hint(run_dir: Path, multirun: bool, overrides: list[str]) -> str:
     """The exact command that continues a stopped run."""
     if multirun:
         return f"continue the sweep with: quantlab train -m hydra.sweep.dir={run_dir.parent} resume=auto"
-    if (run_dir / "checkpoints" / "last.pt").is_file():
+    if RunDir(run_dir).last.is_file():
         return f"checkpoints/last.pt is saved; continue with: quantlab train resume={run_dir}"
     again = " ".join([*overrides, "resume=auto", f"hydra.run.dir={run_dir}"])
     return f"no checkpoint was written yet; start it again with: quantlab train {again}"
