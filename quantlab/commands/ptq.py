@@ -100,7 +100,8 @@ def ptq_args(args: list[str]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="ptq")
 def hydra_app(cfg: DictConfig) -> float | None:
-    entries = run_command(run, cfg, "quantlab ptq")["ptq"]
+    record = run_command(run, cfg, "quantlab ptq")
+    entries = record["ptq"] if record else []
     return entries[-1]["acc"] if entries else None
 
 

@@ -135,7 +135,8 @@ def hinted(job: Job, overrides: list[str]) -> Iterator[None]:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def hydra_app(cfg: DictConfig) -> float | None:
-    return run_command(run, cfg, "quantlab train")["metrics"].get("test/acc_exported")
+    record = run_command(run, cfg, "quantlab train")
+    return record["metrics"].get("test/acc_exported") if record else None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ import sys
 
 from omegaconf import OmegaConf
 
-from quantlab.engine import lock
+from quantlab.engine import checkpoint, lock
 from quantlab.engine.files import write_json_atomic
 from quantlab.engine.rundir import RunDir
 from quantlab.errors import ConfigError, MissingSetting, NothingToDo
@@ -59,8 +59,9 @@ def resume_args(line: CommandLine, resume: str) -> list[str]:
         raise ConfigError(
             f"resume={resume}: this run completed; a resume would only repeat its test. Re-sweep it with "
             f"`{shell_command('quantlab', 'ptq', f'run={run}')}`, or start a new run from it with "
-            f"init_from={run}"
+            f"`{shell_command('quantlab', 'train', f'init_from={run}')}`"
         )
+    checkpoint.load(run.last)  # readable and safe: a refused checkpoint leaves the run as it was
     given = line.without("resume").task()
     keys = {override_key(o) for o in given}
     overrides = [o for o in run.saved_overrides() if override_key(o) not in keys] + given

@@ -38,6 +38,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(e))
+        if not found and ("Unsupported operand" in str(e) or not zipfile.is_zipfile(path)):
+            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt)") from None
         what = f"it would load {found.group(1)}" if found else "it holds objects other than tensors"
         raise CheckpointError(
             f"{path}: refused: not a checkpoint quantlab wrote ({what}, which could run code)"

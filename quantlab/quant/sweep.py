@@ -3,7 +3,11 @@
 Per pair (gradient-L1 paper, Sec. 4.1 "Quantization details"; Sec. 4.2 for the KL):
 1. batch norm folded into the preceding conv / linear (quant.fold; on by default for float networks);
 2. weights: uniform symmetric round-to-nearest, per output channel by default (quant.uniform);
-   biases stay in float (they are added in the 32-bit accumulator);
+   biases stay in float (`ptq.bias=float`, as the paper's tables report), or, with `ptq.bias=int32`,
+   each is rounded to its layer's accumulator grid s_x·s_w (input activation scale × weight scale of
+   the output channel), as integer runtimes add it (onnxruntime's fused QDQ kernels, gemmlowp); a
+   layer whose input is not on a grid (act_placement=output, the unquantized network input or
+   activations in float) keeps its float bias;
 3. activations: per-tensor fake quantization at every site (quant.sites), ranges from batch-norm
    statistics (β ± n·γ, Nagel et al. 2019), min–max, percentile or MSE-optimal clipping on N
    calibration batches (quant.ranges); an activation entry of None leaves activations in float;
@@ -31,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.fx import symbolic_trace
+from torch.fx import GraphModule, Node, symbolic_trace
 
 from quantlab.errors import ConfigError
 from quantlab.quant.fold import fold_batch_norm
@@ -46,12 +50,13 @@ from quantlab.quant.ranges import (
     percentile_range,
 )
 from quantlab.quant.sites import PLACEMENTS, ActQuant, Site, instrument
-from quantlab.quant.uniform import activation_grid, quantize_tensor
+from quantlab.quant.uniform import Codes, activation_grid, tensor_codes
 
 log = logging.getLogger("quantlab")
 
 RANGES = ("bn", "minmax", "percentile", "mse")
 HIGHER_BITS = ("best", "requantize", "ignore")
+BIASES = ("float", "int32")
 
 
 def pair_name(weight_bits: int, act_bits: int | None) -> str:
@@ -78,6 +83,7 @@ class PTQSettings:
     calibration_samples: int = 262144
     higher_bits: str = "best"
     trained_bits: list | None = None
+    bias: str = "float"
 
     def __post_init__(self) -> None:
         def choice(key: str, allowed: Sequence[Any]) -> None:
@@ -91,6 +97,7 @@ class PTQSettings:
         choice("act_range", RANGES)
         choice("act_fallback", RANGES[1:])
         choice("higher_bits", HIGHER_BITS)
+        choice("bias", BIASES)
         for key in ("weight_per_channel", "weight_symmetric", "act_symmetric", "quantize_network_input"):
             choice(key, (True, False))
         if not isinstance(self.bn_n, (int, float)) or isinstance(self.bn_n, bool) or self.bn_n <= 0:
@@ -122,10 +129,12 @@ class PTQSettings:
 
 @dataclass(frozen=True)
 class Variant:
-    """What is actually evaluated: weights at `weight_bits`, activations at `act_bits` (None: float)."""
+    """What is actually evaluated: weights at `weight_bits`, activations at `act_bits` (None: float),
+    biases in float or on the int32 accumulator grid (`int32_bias`)."""
 
     weight_bits: int
     act_bits: int | None
+    int32_bias: bool = False
 
 
 @dataclass
@@ -136,14 +145,19 @@ class PlannedPair:
 
 
 def plan(
-    pairs: Iterable[Pair], trained_bits: Sequence[int | None] | None, higher_bits: str
+    pairs: Iterable[Pair],
+    trained_bits: Sequence[int | None] | None,
+    higher_bits: str,
+    int32_bias: bool = False,
 ) -> list[PlannedPair]:
     """The variants each pair needs: re-quantize at the pair's bits and/or keep the trained grid."""
     tw, ta = (list(trained_bits) + [None, None])[:2] if trained_bits is not None else (None, None)
     planned = []
     for w, a in pairs:
-        requantize = Variant(w, a)
-        ignore = Variant(min(w, tw) if tw is not None else w, a if a is None or ta is None else min(a, ta))
+        requantize = Variant(w, a, int32_bias)
+        ignore = Variant(
+            min(w, tw) if tw is not None else w, a if a is None or ta is None else min(a, ta), int32_bias
+        )
         if ignore == requantize or higher_bits == "requantize":
             modes = {"requantize": requantize}
         elif higher_bits == "ignore":
@@ -155,11 +169,35 @@ def plan(
 
 
 @torch.no_grad()
-def quantize_weights(model: nn.Module, bits: int, per_channel: bool, symmetric: bool) -> None:
-    """Round every conv / linear weight to the grid in place (biases stay in float)."""
-    for module in model.modules():
+def quantize_weights(model: nn.Module, bits: int, per_channel: bool, symmetric: bool) -> dict[str, Codes]:
+    """Round every conv / linear weight to the grid in place (biases untouched); returns each layer's
+    integer codes (what the export stores)."""
+    codes = {}
+    for name, module in model.named_modules():
         if isinstance(module, WEIGHT_LAYERS):
-            module.weight.copy_(quantize_tensor(module.weight, bits, symmetric, 0 if per_channel else None))
+            codes[name] = tensor_codes(module.weight.detach(), bits, symmetric, 0 if per_channel else None)
+            module.weight.copy_(codes[name].dequantize())
+    return codes
+
+
+@torch.no_grad()
+def round_biases_to_accumulator(model: GraphModule, codes: dict[str, Codes]) -> list[str]:
+    """`ptq.bias=int32`: every conv / linear bias whose layer reads an activation grid, rounded (half
+    to even) to the accumulator grid s_x·s_w of its output channel, in place; returns those layers."""
+    modules = dict(model.named_modules())
+    rounded = []
+    for node in model.graph.nodes:
+        layer = modules.get(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(layer, WEIGHT_LAYERS) or layer.bias is None or str(node.target) not in codes:
+            continue
+        source = node.args[0]
+        quant = modules.get(str(source.target)) if isinstance(source, Node) else None
+        if not isinstance(quant, ActQuant) or quant.grid is None:
+            continue
+        step = codes[str(node.target)].scale.to(layer.bias.dtype) * quant.grid[0]
+        layer.bias.copy_(torch.round(layer.bias / step) * step)
+        rounded.append(str(node.target))
+    return rounded
 
 
 @dataclass
@@ -246,7 +284,7 @@ class PTQSweep:
         """A quantized copy: weights at variant.weight_bits, activation grids at variant.act_bits."""
         model = copy.deepcopy(self.base)
         s = self.settings
-        quantize_weights(model, variant.weight_bits, s.weight_per_channel, s.weight_symmetric)
+        codes = quantize_weights(model, variant.weight_bits, s.weight_per_channel, s.weight_symmetric)
         modules = dict(model.named_modules())
         for site in self.sites:
             quant: ActQuant = modules[site.name]  # type: ignore[assignment]
@@ -255,7 +293,16 @@ class PTQSweep:
             else:
                 lo, hi = self.site_range(site, variant.act_bits)
                 quant.grid = activation_grid(lo, hi, variant.act_bits, s.act_symmetric)
+        if variant.int32_bias:
+            round_biases_to_accumulator(model, codes)
         return model.eval()
+
+    def weight_codes(self, variant: Variant) -> dict[str, Codes]:
+        """The integer codes of every conv / linear weight of `variant` (those `build` puts in place)."""
+        s = self.settings
+        return quantize_weights(
+            copy.deepcopy(self.base), variant.weight_bits, s.weight_per_channel, s.weight_symmetric
+        )
 
 
 @torch.no_grad()
@@ -329,7 +376,7 @@ def run_sweep(
     used = sweep.calibrate(calibration)
     calibrated = time.perf_counter()
     bits = settings.trained_bits if settings.trained_bits is not None else trained_bits
-    planned = plan(pairs, bits, settings.higher_bits)
+    planned = plan(pairs, bits, settings.higher_bits, settings.bias == "int32")
     variants = {v for p in planned for v in p.modes.values()}
     models = {
         v: sweep.build(v) for v in sorted(variants, key=lambda v: (-v.weight_bits, -(v.act_bits or 99)))

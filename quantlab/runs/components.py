@@ -74,7 +74,7 @@ def _choice(group: str) -> str | None:
         return None
 
 
-def load_init(model: nn.Module, source: str) -> None:
+def load_init(model: nn.Module, source: str, quiet: bool = False) -> None:
     """Start from another run's network (fine-tuning): its best float weights, or its export when
     that run was quantized; a .pt file with a "model" entry or a plain state dict works too."""
     path = Path(source).expanduser()
@@ -94,6 +94,8 @@ def load_init(model: nn.Module, source: str) -> None:
     loaded = len(state) - len(result.unexpected_keys)
     if loaded == 0:
         raise ConfigError(f"init_from={source}: none of its tensors fit this model")
+    if quiet:
+        return
     log.info(
         f"init_from {source}: {loaded} tensors loaded; missing {len(result.missing_keys)}, "
         f"ignored {len(result.unexpected_keys)}"
@@ -136,6 +138,7 @@ class FinishedRun:
                 f"run={run}: its status is {status}, not completed, so its network is not the run's "
                 "result; resume it first, or read it anyway with allow_incomplete=true"
             )
+        checkpoint.load(files.checkpoint(which))  # readable and safe, before anything is created
         return cls(files, files.load_config(), results, which)
 
     def eval_batch_size(self, given: int | None = None) -> int:

@@ -4,6 +4,7 @@ job that Hydra records while the others run)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -70,16 +71,58 @@ class Job:
         }
 
 
-def run_command(run: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, command: str) -> dict[str, Any]:
+def run_command(
+    run: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, command: str
+) -> dict[str, Any] | None:
     """`run(cfg)` for a Hydra command. A user-fixable QuantlabError is one plain line on stderr and
-    exit 2; in a multirun it goes on to Hydra, which records the job as failed and runs the others."""
+    exit 2. In a multirun, a job that fails (any error but an interruption) is one line naming the
+    job, its traceback goes to the job's log, and the sweep goes on (None); `launch` sums it up."""
     try:
         return run(cfg)
     except QuantlabError as e:
         if Job.current().multirun and not isinstance(e, Interrupted):
-            raise  # Hydra records the job as failed and goes on with the others
+            return failed_job(command, e)
         logging.getLogger("quantlab").debug("stopped", exc_info=True)
         fail(command, e, e.exit_code, "interrupted" if isinstance(e, Interrupted) else "error")
+    except Exception as e:
+        if not Job.current().multirun:
+            raise
+        return failed_job(command, e)
+
+
+def failed_job(command: str, error: Exception) -> None:
+    """One line for a failed job of a multirun; the traceback appended to the job's log."""
+    import traceback
+
+    job = Job.current()
+    log_file = job.dir / f"{command.split()[-1]}.log"
+    with contextlib.suppress(OSError), log_file.open("a") as f:
+        f.write("".join(traceback.format_exception(error)))
+    text = (
+        " ".join(str(error).split())
+        if isinstance(error, QuantlabError)
+        else f"{type(error).__name__}: {error}"
+    )
+    shown = " ".join(job.overrides)
+    num = job.dir.name
+    print(f"{command}: job {num} ({shown}): error: {text}", file=sys.stderr, flush=True)
+    return None
+
+
+def sweep_summary(command: str, args: list[str]) -> int:
+    """After a multirun: one line counting its jobs by status; the exit code (1 when one failed)."""
+    sweep = RunDir(CommandLine.parse(args).text("hydra.sweep.dir") or "")
+    record = sweep.read_sweep_record()
+    if record is None:
+        return 0
+    runs = [sweep.job(int(job["num"])) for job in record["jobs"]]
+    statuses = [run.status() if run.results.is_file() else "not run" for run in runs]
+    counts = {s: statuses.count(s) for s in sorted(set(statuses), key=lambda s: (s != "completed", s))}
+    failed = [str(job["num"]) for job, s in zip(record["jobs"], statuses, strict=True) if s != "completed"]
+    parts = ", ".join(f"{n} {s}" for s, n in counts.items())
+    tail = f" (not completed: job {', '.join(failed)})" if failed else ""
+    print(f"{command}: sweep {sweep}: {parts}{tail}", file=sys.stderr, flush=True)
+    return 1 if failed else 0
 
 
 def devices_command(args: list[str]) -> list[str] | None:
@@ -144,6 +187,10 @@ def launch(
         app()
     finally:
         distributed.stop()
+    if command == "train" and here.main and ("-m" in args or "--multirun" in args):
+        code = sweep_summary(f"quantlab {command}", args)
+        if code:
+            sys.exit(code)
 
 
 def guarded_on_rank_0(command: str, guard: Callable[[list[str]], list[str]], args: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ from quantlab.errors import ConfigError
 from quantlab.quant.pairs import sweep_pairs
 from quantlab.quant.sweep import PTQSettings
 from quantlab.runs.cmdline import CommandLine
-from quantlab.runs.components import build
+from quantlab.runs.components import build, load_init
 from quantlab.runs.config import compose, group_options, prepare_train_config
 from quantlab.runs.sweep import wants_sweep
 
@@ -61,9 +61,8 @@ def check_train(overrides: list[str]) -> DictConfig:
     check_devices(cfg.trainer.get("devices", 1))
     check_exports(cfg, settings)
     wants_sweep(settings, build(cfg.method, "method").traits, pairs)
-    init_from = cfg.get("init_from")
-    if init_from and not Path(str(init_from)).expanduser().exists():
-        raise ConfigError(f"init_from={init_from}: no such run directory or checkpoint file")
+    if cfg.get("init_from"):  # read now (safely), so that a refused checkpoint creates no run
+        load_init(build(cfg.model), str(cfg.init_from), quiet=True)
     return cfg
 
 

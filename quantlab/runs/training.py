@@ -24,6 +24,7 @@ from quantlab.engine.settings import TrainerSettings
 from quantlab.engine.trainer import Trainer
 from quantlab.errors import Interrupted
 from quantlab.methods.base import Method
+from quantlab.runs.cmdline import shell_command
 from quantlab.runs.runlog import RunLog, flatten, numbers
 
 log = logging.getLogger("quantlab")
@@ -159,8 +160,10 @@ def record_report(
 def resume_hint(run_dir: Path, multirun: bool, overrides: list[str]) -> str:
     """The exact command that continues a stopped run."""
     if multirun:
-        return f"continue the sweep with: quantlab train -m hydra.sweep.dir={run_dir.parent} resume=auto"
+        again = shell_command("quantlab", "train", "-m", f"hydra.sweep.dir={run_dir.parent}", "resume=auto")
+        return f"continue the sweep with: {again}"
     if RunDir(run_dir).last.is_file():
-        return f"checkpoints/last.pt is saved; continue with: quantlab train resume={run_dir}"
-    again = " ".join([*overrides, "resume=auto", f"hydra.run.dir={run_dir}"])
-    return f"no checkpoint was written yet; start it again with: quantlab train {again}"
+        again = shell_command("quantlab", "train", f"resume={run_dir}")
+        return f"checkpoints/last.pt is saved; continue with: {again}"
+    again = shell_command("quantlab", "train", *overrides, "resume=auto", f"hydra.run.dir={run_dir}")
+    return f"no checkpoint was written yet; start it again with: {again}"
