@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shlex
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,98 @@ def test_a_resume_of_a_live_run_before_its_first_checkpoint_names_the_holder(wor
     finally:
         proc.kill()
         proc.communicate()
+
+
+# -- 5. ptq stopped by Ctrl-C or SIGTERM ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("trained")
+    quantlab("train", *ONE_EPOCH, f"hydra.run.dir={cwd / 'run'}", cwd=cwd)
+    return cwd / "run"
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ptq_stopped_by_a_signal_is_interrupted_in_one_line(workdir, trained, signum, code):
+    out = workdir / "ptq"
+    pairs = "[" + ",".join(f"[{w},{a}]" for w in range(2, 9) for a in (4, 6, 8)) + "]"
+    proc = start(
+        "ptq",
+        f"run={trained}",
+        f"bitwidth.sweep={pairs}",
+        "ptq.act_range=mse",
+        "ptq.calibration_batches=64",
+        f"hydra.run.dir={out}",
+        cwd=workdir,
+    )
+    deadline = time.time() + 60
+    while not (out / "results.json").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code and "Traceback" not in err, err
+    (line,) = error_lines(err)
+    assert line.startswith("quantlab ptq: interrupted:") and signal.Signals(signum).name in line
+    r = results(out)
+    assert r["status"] == "interrupted" and signal.Signals(signum).name in r["error"]
+
+
+# -- 10. the data is checked before a run directory exists --------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "svhn", "mnist", "tinyimagenet", "imagenet"])
+def test_a_dataset_missing_from_its_root_creates_no_run(workdir, dataset):
+    empty = workdir / "empty"
+    empty.mkdir()
+    proc = quantlab("train", f"dataset={dataset}", f"dataset.root={empty}", cwd=workdir, check=False)
+    (line,) = _lines(proc.stderr)
+    assert proc.returncode == 2 and f"{dataset}: files not found under {empty}" in line, proc.stderr
+    assert sorted(p.name for p in workdir.iterdir()) == ["empty"]
+
+
+# -- 11. runs a table or figure cannot use are said, on the console and in the figure ----------------------
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("grid")
+    quantlab("train", "-m", "seed=0,1,2", *ONE_EPOCH, f"hydra.sweep.dir={cwd / 'sweep'}", cwd=cwd)
+    return cwd / "sweep"
+
+
+def test_plot_says_which_runs_it_left_out(workdir, grid):
+    import shutil
+
+    sweep = workdir / "sweep"
+    shutil.copytree(grid, sweep)
+    (sweep / "2" / "results.json").write_text("{ cut short")
+    proc = quantlab("plot", str(sweep), "--kind", "ptq", cwd=workdir)
+    (note,) = [line for line in proc.stderr.splitlines() if "left out" in line]
+    assert "1 unreadable" in note and str(sweep / "2") in note
+    full = quantlab("plot", str(grid), "--kind", "ptq", "--out", str(workdir / "full"), cwd=workdir)
+    assert "left out" not in full.stderr
+    # the figure carries the note: it differs from the same figure drawn without one
+    from PIL import Image
+
+    with_note, without = Image.open(sweep / "ptq.png"), Image.open(workdir / "full" / "ptq.png")
+    assert with_note.size[1] > without.size[1]
+
+
+def test_a_non_finite_metric_is_never_counted_as_a_completed_run(workdir, grid):
+    import shutil
+
+    sweep = workdir / "sweep"
+    shutil.copytree(grid, sweep)
+    path = sweep / "1" / "results.json"
+    record = json.loads(path.read_text())
+    record["metrics"]["test/acc"] = float("nan")
+    path.write_text(json.dumps(record))
+    proc = quantlab("table", str(sweep), "--metric", "test/acc", cwd=workdir)
+    assert "1 non-finite" in proc.stdout, proc.stdout
+    from quantlab.report.collect import find_runs
+    from quantlab.report.tables import build_table
+
+    table = build_table(find_runs([sweep]), None, "metric", ["test/acc"])
+    (cell,) = table.cells.values()
+    assert cell.statuses == {"completed": 2, "non-finite": 1} and len(cell.values) == 2 and cell.incomplete

@@ -32,6 +32,7 @@ from quantlab.runs.export import Tolerance, check_network, export_network, expor
 from quantlab.runs.job import Job, launch, run_command
 from quantlab.runs.preflight import compose_checked, settled_dir
 from quantlab.runs.summary import print_export
+from quantlab.runs.training import StopOnSignals
 
 
 class Mismatch(ConfigError):
@@ -55,18 +56,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     data = build(run_cfg.dataset)
     network, method, step = source.network(torch.device("cpu"))
     tolerance = Tolerance.from_config(cfg.tolerance)
-    record = export_network(
-        network,
-        method,
-        data,
-        pair,
-        settings,
-        job.dir,
-        seed=seed,
-        batch_size=batch,
-        tolerance=tolerance,
-        source=source.origin(step),
-    )
+    with StopOnSignals():  # Ctrl-C / SIGTERM: one line, exit 130 / 143; model.onnx is written atomically
+        record = export_network(
+            network,
+            method,
+            data,
+            pair,
+            settings,
+            job.dir,
+            seed=seed,
+            batch_size=batch,
+            tolerance=tolerance,
+            source=source.origin(step),
+        )
     print_export(
         [record], f"quantlab export — {source.files.path.name} ({source.which} checkpoint, step {step})"
     )

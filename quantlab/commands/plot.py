@@ -20,7 +20,7 @@ from pathlib import Path
 
 from quantlab.engine.console import fail
 from quantlab.report.claims import measure, print_claims
-from quantlab.report.collect import find_runs
+from quantlab.report.collect import find_runs, left_out
 from quantlab.report.paper import load_paper
 from quantlab.report.plots import plot_claims, plot_curves, plot_ptq
 
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         if not kinds or any(k not in KINDS for k in kinds):
             raise ValueError(f"--kind {args.kind!r}: choose from {', '.join(KINDS)}")
         runs = find_runs(args.dirs)
+        note = left_out(runs)
+        if note:
+            print(f"quantlab plot: {note}", file=sys.stderr)
         rows = [k for k in args.rows.split(",") if k] if args.rows else None
         skipped = []
         for kind in kinds:

@@ -35,6 +35,7 @@ from quantlab.runs.results import recorded
 from quantlab.runs.runlog import RunLog
 from quantlab.runs.summary import print_sweep
 from quantlab.runs.sweep import record_sweep, sweep_network
+from quantlab.runs.training import StopOnSignals
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -47,7 +48,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         source_status=source.results.get("status", "unknown"),
         source_choices=source.results.get("choices", {}),
     )
-    with locked(job.dir), recorded(job.files.results, results, job.started):
+    with locked(job.dir), StopOnSignals(), recorded(job.files.results, results, job.started):
         settings = PTQSettings.from_config(OmegaConf.to_container(cfg.ptq, resolve=True))
         run_cfg = source.config
         sweep = cfg.bitwidth.sweep if cfg.bitwidth.get("sweep") is not None else run_cfg.bitwidth.get("sweep")

@@ -26,7 +26,7 @@ from pathlib import Path
 from quantlab.engine.console import fail
 from quantlab.report.claims import measure, print_claims
 from quantlab.report.claims import to_markdown as claims_markdown
-from quantlab.report.collect import find_runs
+from quantlab.report.collect import find_runs, left_out
 from quantlab.report.paper import load_paper
 from quantlab.report.tables import build_paper_table, build_table, outside_notes, print_table, write_outputs
 
@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         runs = find_runs(args.dirs)
+        note = left_out(runs)
+        if note:
+            print(f"quantlab table: {note}", file=sys.stderr)
         if args.paper:
             paper = load_paper(args.paper)
             table, outside = build_paper_table(runs, paper)

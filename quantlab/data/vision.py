@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,59 @@ def _missing(name: str, root: Path, layout: str, download_hint: bool) -> Dataset
     if download_hint:
         how += ", or add dataset.download=true"
     return DatasetMissing(f"{name}: files not found under {root}: expected {layout}; {how}")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a dataset's files lie under its root: `text` for messages, `paths` to look for."""
+
+    text: str
+    paths: tuple[str, ...]
+    downloadable: bool
+
+
+_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+_FOLDERS = "<root>/train/<class>/<image> and <root>/val/<class>/<image>"
+LAYOUTS = {
+    **{
+        name: Layout(
+            f"<root>/{folder}/raw/{{{', '.join(_MNIST_FILES)}}}",
+            tuple(f"{folder}/raw/{f}" for f in _MNIST_FILES),
+            True,
+        )
+        for name, folder in (("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST"))
+    },
+    "cifar10": Layout(
+        "<root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (the python pickle version)",
+        tuple(f"cifar-10-batches-py/{f}" for f in _CIFAR10_FILES),
+        True,
+    ),
+    "cifar100": Layout(
+        "<root>/cifar-100-python/{train, test, meta} (the python pickle version)",
+        tuple(f"cifar-100-python/{f}" for f in ("train", "test", "meta")),
+        True,
+    ),
+    "svhn": Layout("<root>/{train_32x32.mat, test_32x32.mat}", ("train_32x32.mat", "test_32x32.mat"), True),
+    "tinyimagenet": Layout(f"{_FOLDERS} (val regrouped by class)", ("train", "val"), False),
+    "imagenet": Layout(_FOLDERS, ("train", "val"), False),
+}
+
+
+def check_present(name: str, root: str | None, download: bool = False) -> None:
+    """Before anything is created: the files of dataset `name` are under `root` (or will be
+    downloaded); nothing is read. Datasets without a root (digits, glyphs) pass."""
+    layout = LAYOUTS.get(name)
+    if layout is None or (download and layout.downloadable):
+        return
+    path = _root(name, root, layout.text, layout.downloadable)
+    if not all((path / p).exists() for p in layout.paths):
+        raise _missing(name, path, layout.text, layout.downloadable)
 
 
 def _open_pair(
@@ -213,10 +267,7 @@ def _mnist_like(cls: type, name: str, mean: float, std: float):
         loader: str = PRE_RESIDENT,
         **_: object,
     ) -> DataBundle:
-        layout = (
-            f"<root>/{cls.__name__}/raw/{{train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-            "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte}"
-        )
+        layout = LAYOUTS[name].text
         train, test = _open_pair(name, root, layout, lambda path, tr: cls(path, train=tr, download=download))
 
         def decode(base: Dataset) -> tuple[Tensor, Tensor]:
@@ -301,8 +352,6 @@ CIFAR_STATS = {
 
 def _cifar(classes: int):
     cls = _CIFAR10 if classes == 10 else _CIFAR100
-    folder = "cifar-10-batches-py" if classes == 10 else "cifar-100-python"
-    files = "data_batch_1..5, test_batch, batches.meta" if classes == 10 else "train, test, meta"
     name = f"cifar{classes}"
 
     def build(
@@ -317,7 +366,7 @@ def _cifar(classes: int):
         loader: str = PRE_RESIDENT,
         **_: object,
     ) -> DataBundle:
-        layout = f"<root>/{folder}/{{{files}}} (the python pickle version)"
+        layout = LAYOUTS[name].text
         cls.verify = verify
         train, test = _open_pair(
             name, root, layout, lambda path, tr: cls(path, train=tr, download=download), cls.files()
@@ -362,7 +411,7 @@ def svhn(
     **_: object,
 ) -> DataBundle:
     """SVHN (cropped digits, 73k/26k 32x32); augmentation: random crop 32 pad 4 (no flip: digits)."""
-    layout = "<root>/{train_32x32.mat, test_32x32.mat}"
+    layout = LAYOUTS["svhn"].text
     _SVHN.verify = verify
     splits = {True: "train", False: "test"}
     train, test = _open_pair(
@@ -415,7 +464,7 @@ def tinyimagenet(
     The official val/ folder (images/ + val_annotations.txt) must be regrouped into one folder per
     class first. Augmentation: random crop 64 pad 4 + flip.
     """
-    layout = "<root>/train/<class>/<image> and <root>/val/<class>/<image> (val regrouped by class)"
+    layout = LAYOUTS["tinyimagenet"].text
     train, test, _ = _image_folder("tinyimagenet", root, layout)
 
     def decode(base: Dataset) -> tuple[Tensor, Tensor]:  # every image decoded once (JPEG -> uint8)
@@ -452,7 +501,7 @@ def imagenet(
 
     Train: random-resized crop 224 + flip; eval: resize 256, center crop 224.
     """
-    layout = "<root>/train/<class>/<image> and <root>/val/<class>/<image>"
+    layout = LAYOUTS["imagenet"].text
     _loader_kind("imagenet", loader, resident_ok=False)
     train, test, _ = _image_folder("imagenet", root, layout)
     norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]

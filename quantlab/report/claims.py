@@ -172,8 +172,8 @@ def measure(table: PaperTable, runs: list[Run]) -> list[Measured]:
                 values = []
                 for run in _members(table, side, selector, runs):
                     value = metric_value(run, metric) if run.status == "completed" else None
-                    if value is None:
-                        failed += run.status != "completed"
+                    if value is None or not math.isfinite(value):  # NaN / inf: not a result
+                        failed += run.status != "completed" or value is not None
                         continue
                     values.append(value)
                 groups.append(values)

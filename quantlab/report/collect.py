@@ -148,6 +148,20 @@ def find_runs(dirs: list[Path]) -> list[Run]:
     return list(runs.values())
 
 
+def left_out(runs: list[Run]) -> str:
+    """The runs a table or figure cannot average, counted by status ("" when every run completed):
+    e.g. "left out: 1 failed, 1 unreadable (runs/3/results.json: ...)"."""
+    others = [r for r in runs if r.status != "completed"]
+    if not others:
+        return ""
+    counts: dict[str, int] = {}
+    for r in others:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    first = next((r for r in others if r.status == "unreadable"), others[0])
+    why = f" ({first.path}: {first.error})" if first.error else f" ({first.path})"
+    return "left out: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + why
+
+
 def varying_keys(runs: list[Run]) -> list[str]:
     """Override keys whose value differs between runs (a key a run lacks counts as a value)."""
     keys: list[str] = []

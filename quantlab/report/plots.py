@@ -8,7 +8,7 @@ from pathlib import Path
 
 from quantlab.engine.files import atomic_write
 from quantlab.engine.rundir import RunDir
-from quantlab.report.collect import Run, varying_keys
+from quantlab.report.collect import Run, left_out, varying_keys
 from quantlab.report.tables import build_table
 
 ANNEALED = ("method/beta", "method/lambda", "method/lambda_q", "method/lam")
@@ -33,6 +33,13 @@ def _label(keys: list[str], row: tuple[str, ...]) -> str:
     return ", ".join(f"{k}={v}" for k, v in zip(keys, row, strict=True) if v != "—") or "runs"
 
 
+def _note_left_out(fig, runs: list[Run]) -> None:
+    """Below the axes: the runs the figure could not use (failed, unreadable, ...), in red."""
+    note = left_out(runs)
+    if note:
+        fig.text(0.5, -0.02, note[:160], ha="center", va="top", fontsize=8, color="tab:red")
+
+
 def plot_ptq(runs: list[Run], rows: list[str] | None, metric: str, path: Path) -> Path:
     """Accuracy against PTQ bit pair (the `quantlab table --cols ptq` table, drawn)."""
     table = build_table(runs, rows, "ptq", [metric])
@@ -55,6 +62,7 @@ def plot_ptq(runs: list[Run], rows: list[str] | None, metric: str, path: Path) -
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+    _note_left_out(fig, runs)
     save_png(fig, path)
     plt.close(fig)
     return path
@@ -111,6 +119,7 @@ def plot_curves(runs: list[Run], rows: list[str] | None, path: Path) -> Path:
     for (ax,) in axes:
         ax.grid(alpha=0.3)
     axes[-1][0].set_xlabel("optimizer step")
+    _note_left_out(fig, runs)
     save_png(fig, path)
     plt.close(fig)
     return path

@@ -32,10 +32,14 @@ class Cell:
         return statistics.stdev(self.values) if len(self.values) > 1 else None
 
     def add(self, status: str, value: object) -> None:
-        """Count one run; its number counts where the run completed and has a finite one."""
+        """Count one run; its number counts where the run completed and has a finite one. A completed
+        run whose number is NaN or infinite is counted apart ("non-finite"), never as completed."""
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if status == "completed" and number and not math.isfinite(value):  # type: ignore[arg-type]
+            status = "non-finite"
         self.statuses[status] += 1
-        if status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
-            self.values.append(float(value))
+        if status == "completed" and number:
+            self.values.append(float(value))  # type: ignore[arg-type]
 
     @property
     def incomplete(self) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from quantlab.data.vision import check_present
 from quantlab.engine import distributed
 from quantlab.engine.evaluate import resolve_device
 from quantlab.errors import ConfigError
@@ -61,9 +62,17 @@ def check_train(overrides: list[str]) -> DictConfig:
     check_devices(cfg.trainer.get("devices", 1))
     check_exports(cfg, settings)
     wants_sweep(settings, build(cfg.method, "method").traits, pairs)
+    check_dataset_files(cfg.dataset)
     if cfg.get("init_from"):  # read now (safely), so that a refused checkpoint creates no run
         load_init(build(cfg.model), str(cfg.init_from), quiet=True)
     return cfg
+
+
+def check_dataset_files(node: DictConfig) -> None:
+    """The dataset's files are where dataset.root says, before a run directory is created."""
+    target = str(node.get("_target_", ""))
+    if target.startswith("quantlab.data.vision."):
+        check_present(target.rsplit(".", 1)[1], node.get("root"), bool(node.get("download", False)))
 
 
 def check_devices(value: object) -> None:
