@@ -3,16 +3,19 @@ line and changes nothing; a failure says what failed, once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import FAST, quantlab, results
+from tests.conftest import FAST, cli_env, quantlab, results
 from tests.test_trust import (
     copy_run,
     error_lines,
@@ -276,3 +279,99 @@ def test_a_non_finite_metric_is_never_counted_as_a_completed_run(workdir, grid):
     table = build_table(find_runs([sweep]), None, "metric", ["test/acc"])
     (cell,) = table.cells.values()
     assert cell.statuses == {"completed": 2, "non-finite": 1} and len(cell.values) == 2 and cell.incomplete
+
+
+# -- 3. read-only locations ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def read_only(path: Path):
+    """`path` read-only for the commands run inside: a read-only bind mount as root (who ignores
+    permissions), the write bits removed otherwise."""
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [path, *path.rglob("*")]}
+        for p in modes:
+            p.chmod(modes[p] & ~0o222)
+        try:
+            yield
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+        return
+    bound = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True)
+    if bound.returncode != 0:
+        pytest.skip(f"no read-only location can be made here: {bound.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True, capture_output=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def _one_line_exit_2(proc, *words: str) -> None:
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = [x for x in _lines(proc.stderr) if ": error:" in x]
+    assert all(w in line for w in words), line
+
+
+def test_read_only_locations_are_one_line(workdir, trained, interrupted):  # noqa: F811
+    runs = workdir / "ro"
+    runs.mkdir()
+    done = copy_run(trained, runs / "done")
+    stopped = copy_run(interrupted[0], runs / "stopped")
+    outputs = workdir / "outputs_ro"
+    outputs.mkdir()
+    env = cli_env(workdir)
+    env["QUANTLAB_OUTPUTS"] = str(outputs)
+    with read_only(runs), read_only(outputs):
+        _one_line_exit_2(quantlab("table", str(done), cwd=workdir, check=False), "--out")
+        _one_line_exit_2(quantlab("plot", str(done), cwd=workdir, check=False), "--out")
+        _one_line_exit_2(quantlab("train", f"resume={stopped}", cwd=workdir, check=False), "cannot write")
+        commands = [("train", *ONE_EPOCH), ("ptq", f"run={done}")]
+        if _has_export():
+            commands.append(("export", f"run={done}", "bits=w8a8"))
+        for args in commands:
+            _one_line_exit_2(quantlab(*args, cwd=workdir, check=False, env=env), "cannot write", str(outputs))
+        assert list(outputs.iterdir()) == []
+    table = quantlab("table", str(done), "--out", str(workdir / "tables"), cwd=workdir)
+    assert "wrote" in table.stdout
+
+
+# -- 6. a second Ctrl-C inside atomic_write's fsync ----------------------------------------------
+
+
+def test_a_second_ctrl_c_inside_fsync_is_one_line(workdir):
+    """The first SIGINT (sent from inside an fsync) asks the trainer to stop at the next step; the
+    second lands inside the fsync of the stop's own writes: one line, exit 130, every file whole."""
+    hook = workdir / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, signal\n"
+        "_fsync, _calls = os.fsync, [0]\n"
+        "def fsync(fd):\n"
+        "    _fsync(fd)\n"
+        "    _calls[0] += 1\n"
+        "    if _calls[0] >= int(os.environ['QL_SIGINT_FROM_FSYNC']):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "os.fsync = fsync\n"
+    )
+    env = cli_env(workdir)
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+    env["QL_SIGINT_FROM_FSYNC"] = "3"
+    run = workdir / "run"
+    proc = quantlab(
+        "train",
+        *FAST,
+        "trainer.checkpoint_every_steps=7",
+        f"hydra.run.dir={run}",
+        cwd=workdir,
+        check=False,
+        env=env,
+    )
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = error_lines(proc.stderr)
+    assert "interrupted" in line
+    assert json.loads((run / "results.json").read_text())["status"] in ("interrupted", "running")
+    for pt in (run / "checkpoints").glob("*.pt"):
+        torch.load(pt, weights_only=True)  # whole
+    assert not list(run.rglob("*.tmp"))

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from quantlab.engine.console import fail
+from quantlab.errors import WriteFailed
 from quantlab.report.claims import measure, print_claims
 from quantlab.report.collect import find_runs, left_out
 from quantlab.report.paper import load_paper
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"quantlab plot: {message}", file=sys.stderr)
     except ValueError as e:
         fail("quantlab plot", e)
+    except WriteFailed as e:
+        fail("quantlab plot", f"{e}; give --out <a writable directory>")
 
 
 if __name__ == "__main__":

@@ -19,14 +19,16 @@ written into <name>.md.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 from quantlab.engine.console import fail
+from quantlab.errors import WriteFailed
 from quantlab.report.claims import measure, print_claims
 from quantlab.report.claims import to_markdown as claims_markdown
-from quantlab.report.collect import find_runs, left_out
+from quantlab.report.collect import Run, find_runs, left_out
 from quantlab.report.paper import load_paper
 from quantlab.report.tables import build_paper_table, build_table, outside_notes, print_table, write_outputs
 
@@ -78,6 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     for run in runs:
         counts[run.status] += 1
     table.title = f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    metrics = [paper.metric] if args.paper else [m for m in args.metric.split(",") if m]
+    non_finite = [r for r in runs if r.status == "completed" and not all(_finite(r, m) for m in metrics)]
+    if non_finite:
+        table.title += f" ({len(non_finite)} of them with a non-finite {', '.join(metrics)}: not averaged)"
     if args.paper:
         table.title = f"{paper.title} ({paper.source}) — ours / paper (ours − paper); {table.title}"
         table.notes += outside_notes(outside, paper.metric)
@@ -85,8 +91,17 @@ def main(argv: list[str] | None = None) -> None:
     measured = measure(paper, runs) if args.paper else []
     if measured:
         print_claims(measured, f"{paper.name}: the paper's claims on these runs")
-    for path in write_outputs(table, args.out or args.dirs[0], args.name, claims_markdown(measured)):
+    try:
+        written = write_outputs(table, args.out or args.dirs[0], args.name, claims_markdown(measured))
+    except WriteFailed as e:
+        fail("quantlab table", f"{e}; give --out <a writable directory>")
+    for path in written:
         print(f"wrote {path}")
+
+
+def _finite(run: Run, metric: str) -> bool:
+    value = run.metrics.get(metric)
+    return value is None or math.isfinite(value)
 
 
 if __name__ == "__main__":

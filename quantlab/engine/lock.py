@@ -29,8 +29,17 @@ def hold(directory: str | os.PathLike, what: str = "run directory") -> bool:
     path = Path(directory).expanduser().resolve()
     if path in _held:
         return False
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    existed = path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if not existed:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise ConfigError(
+            f"{path}: cannot write this {what} ({e.strerror or e}); pick a writable directory"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

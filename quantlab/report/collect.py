@@ -80,6 +80,17 @@ def malformed(data: Any) -> str | None:
     return None
 
 
+def number(value: Any) -> float | None:
+    """A metric's value as results.json holds it: a number, or "nan" / "inf" / "-inf" (json_safe)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str) and value in ("nan", "inf", "-inf"):
+        return float(value)
+    return None
+
+
 def read_run(results: Path) -> Run:
     """One run from its results.json; a file that is not a well-formed results object counts as an
     unreadable run (shown, never dropped, never averaged)."""
@@ -90,7 +101,7 @@ def read_run(results: Path) -> Run:
     problem = malformed(data)
     if problem:
         return Run(results.parent, "unreadable", error=f"{results}: {problem}")
-    metrics = {k: v for k, v in data.get("metrics", {}).items() if isinstance(v, (int, float))}
+    metrics = {k: number(v) for k, v in data.get("metrics", {}).items() if number(v) is not None}
     for entry in data.get("ptq", []):
         if isinstance(entry, dict) and "pair" in entry and isinstance(entry.get("acc"), (int, float)):
             metrics.setdefault(f"ptq/acc_{entry['pair']}", entry["acc"])

@@ -84,6 +84,8 @@ def run_command(
             return failed_job(command, e)
         logging.getLogger("quantlab").debug("stopped", exc_info=True)
         fail(command, e, e.exit_code, "interrupted" if isinstance(e, Interrupted) else "error")
+    except KeyboardInterrupt:  # a second Ctrl-C, after the first one's orderly stop began
+        fail(command, "stopped by a second Ctrl-C (what was written is complete)", 130, "interrupted")
     except Exception as e:
         if not Job.current().multirun:
             raise
