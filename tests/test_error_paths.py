@@ -375,3 +375,68 @@ def test_a_second_ctrl_c_inside_fsync_is_one_line(workdir):
     for pt in (run / "checkpoints").glob("*.pt"):
         torch.load(pt, weights_only=True)  # whole
     assert not list(run.rglob("*.tmp"))
+
+
+# -- 4. the disk fills while Hydra writes .hydra/ ------------------------------------------------
+
+
+def test_a_full_disk_while_hydra_starts_the_run_is_one_line_and_recorded(workdir):
+    hook = workdir / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import errno, os\n"
+        "import hydra.core.utils as u\n"
+        "def _save_config(cfg, filename, output_dir):\n"
+        "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output_dir / filename))\n"
+        "u._save_config = _save_config\n"
+    )
+    env = cli_env(workdir)
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+    run = workdir / "run"
+    proc = quantlab("train", *FAST, f"hydra.run.dir={run}", cwd=workdir, check=False, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = [x for x in _lines(proc.stderr) if ": error:" in x]
+    assert str(run / ".hydra" / "config.yaml") in line and "No space left on device" in line
+    record = results(run)
+    assert record["status"] == "failed" and "No space left" in record["error"]
+
+
+# -- 7. trainer.devices=2: Ctrl-C and a killed rank -----------------------------------------------
+
+DEVICES = ["trainer.devices=2", "schedule.epochs=15", "trainer.checkpoint_every_steps=7"]
+
+
+def _ranks_of(run: Path) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(run) in text and "torch.distributed" not in text and str(os.getpid()) != cmdline.parent.name:
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def test_ctrl_c_of_a_multi_process_run_is_exit_130_without_torchrun_tracebacks(workdir):
+    run = workdir / "run"
+    proc = start("train", *DEVICES, f"hydra.run.dir={run}", cwd=workdir, start_new_session=True)
+    wait_for_checkpoint(proc, run, 14)
+    os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: the whole foreground group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "SignalException" not in err, err
+    assert results(run)["status"] == "interrupted"
+
+
+def test_a_rank_killed_with_sigkill_is_one_line_without_torchrun_reports(workdir):
+    run = workdir / "run"
+    proc = start("train", *DEVICES, f"hydra.run.dir={run}", cwd=workdir, start_new_session=True)
+    wait_for_checkpoint(proc, run, 14)
+    ranks = [pid for pid in _ranks_of(run) if pid != proc.pid]
+    assert len(ranks) == 2, ranks
+    os.kill(max(ranks), signal.SIGKILL)  # the later-started rank: rank 1
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "ChildFailedError" not in err and "Traceback" not in err, err
+    assert any("killed by SIGKILL" in line for line in error_lines(err)), err

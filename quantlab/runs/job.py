@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -158,6 +158,30 @@ def devices_command(args: list[str]) -> list[str] | None:
     return [sys.executable, *runner, "-m", "quantlab", "train", *args]
 
 
+def run_torchrun(command: list[str]) -> NoReturn:
+    """torchrun's elastic agent in this process (`torch.distributed.run.run`, the function its
+    command line calls), so that its endings are quantlab's: Ctrl-C / SIGTERM stop every rank (rank 0
+    says so in one line) and exit 130 / 143; a rank that fails or is killed is one line naming it,
+    exit 1 — without the agent's own traceback and ChildFailedError report."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args
+    from torch.distributed.run import run as agent
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    try:
+        agent(parse_args(command[3:]))  # after [python, -m, torch.distributed.run]
+    except SignalException as e:
+        sys.exit(128 + int(e.sigval))
+    except ChildFailedError as e:
+        ended = []
+        for failure in e.failures.values():
+            how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit {failure.exitcode}"
+            ended.append(f"rank {failure.local_rank} (PID {failure.pid}) ended: {how}")
+        fail("quantlab train", "; ".join(ended) + "; every rank stopped (resume the run from last.pt)", 1)
+    sys.exit(0)
+
+
 def launch(
     command: str, guard: Callable[[list[str]], list[str]], app: Callable[[], Any], argv: list[str] | None
 ) -> None:
@@ -171,7 +195,7 @@ def launch(
         except QuantlabError as e:
             fail(f"quantlab {command}", e, e.exit_code)
         if torchrun:
-            os.execv(sys.executable, torchrun)  # torchrun's processes, signals and exit code as if typed
+            run_torchrun(torchrun)
     try:
         args = guarded_on_rank_0(command, guard, args) if here.active else guard(args)
     except QuantlabError as e:
@@ -185,14 +209,35 @@ def launch(
     if not here.main:  # the run directory and its logs are rank 0's
         args += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     sys.argv = [f"quantlab {command}", *args]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own failures come here, not as its traceback
     try:
         app()
+    except OSError as e:  # Hydra could not create or write the run's files (.hydra/, its log)
+        where = e.filename or "the run directory"
+        message = f"{where}: cannot write it ({e.strerror or e}); nothing ran"
+        if command == "train":
+            record_start_failure(args, message)
+        fail(f"quantlab {command}", message, 1)
     finally:
         distributed.stop()
     if command == "train" and here.main and ("-m" in args or "--multirun" in args):
         code = sweep_summary(f"quantlab {command}", args)
         if code:
             sys.exit(code)
+
+
+def record_start_failure(args: list[str], message: str) -> None:
+    """results.json of a run Hydra could not start (where it can still be written)."""
+    from quantlab.engine.files import write_json_atomic
+    from quantlab.errors import WriteFailed
+
+    line = CommandLine.parse(args)
+    run = line.text("hydra.run.dir")
+    if line.multirun or not run or RunDir(run).results.is_file():
+        return
+    record = {"status": "failed", "run_dir": run, "error": message, "overrides": line.task(), "metrics": {}}
+    with contextlib.suppress(WriteFailed):
+        write_json_atomic(RunDir(run).results, record)
 
 
 def guarded_on_rank_0(command: str, guard: Callable[[list[str]], list[str]], args: list[str]) -> list[str]:
