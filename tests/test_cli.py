@@ -102,12 +102,12 @@ def test_unknown_option_lists_choices(workdir):
 
 
 def test_missing_dataset_fails_cleanly(workdir):
+    """Checked before a run directory exists (issue 27): one line, exit 2, nothing created."""
     proc = quantlab("train", "dataset=cifar10", cwd=workdir, check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "QUANTLAB_DATA" in proc.stderr and "Traceback" not in proc.stderr
-    (run,) = run_dirs(workdir / "outputs")
-    res = results(run)
-    assert res["status"] == "failed" and "cifar-10-batches-py" in res["error"]
+    assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1
+    assert not (workdir / "outputs").exists()
 
 
 def test_existing_run_dir_never_overwritten(workdir):

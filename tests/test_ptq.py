@@ -386,3 +386,39 @@ def test_resnet_shortcut_shares_the_block_input_quantizer():
     for name in shortcuts:
         conv1 = name.replace("downsample.0", "conv1")
         assert inputs[name] is inputs[conv1] and inputs[name].target.startswith("act_in_")
+
+
+def test_one_operator_registry_serves_the_sites_and_the_export():
+    """quant.operators: ReLU6 is a clamp to [0, 6] (its own entry before Hardtanh's in the MRO); a
+    Hardtanh or LeakyReLU ends the walk to a batch norm; `view` keeps the range but has no ONNX form,
+    and the export names it."""
+    import math
+
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.fx import symbolic_trace
+
+    from quantlab.quant.onnx_graph import NotExportable, check_exportable
+    from quantlab.quant.operators import operator_of
+
+    net = symbolic_trace(nn.Sequential(nn.ReLU6(), nn.Hardtanh(), nn.LeakyReLU(), nn.ReLU(), nn.MaxPool2d(2)))
+    modules = dict(net.named_modules())
+    entries = [operator_of(n, modules) for n in net.graph.nodes if n.op == "call_module"]
+    assert [(e.range, e.clamp) for e in entries] == [
+        ("clamp", (0.0, 6.0)),
+        ("other", None),
+        ("other", None),
+        ("clamp", (0.0, math.inf)),
+        ("pass", None),
+    ]
+    assert all(e.onnx is not None for e in entries)
+
+    class Viewed(nn.Module):
+        def forward(self, x):
+            return F.relu(x).view(2, -1)
+
+    viewed = symbolic_trace(Viewed())
+    (view,) = [n for n in viewed.graph.nodes if n.op == "call_method" and n.target == "view"]
+    assert operator_of(view, {}).range == "pass" and operator_of(view, {}).onnx is None
+    with pytest.raises(NotExportable, match="Tensor.view has no ONNX export"):
+        check_exportable(viewed, torch.zeros(2, 3, 4, 4))

@@ -19,8 +19,8 @@ computes the same function with the integer tensors ONNX runtimes quantize to:
   int4 kernel: the session fails to load), up to 16 in int16 / uint16. Binary and ternary weights
   (every channel within {−a, 0, a}) are stored as {−1, 0, 1} with the scale a (`exact_levels`);
 - batch norm the sweep kept is BatchNormalization (inference); ReLU, ReLU6 / Hardtanh (Clip),
-  pooling, flatten, dropout / identity and residual additions map to their ONNX operators. Any
-  other operator raises NotExportable, naming it.
+  pooling, flatten, dropout / identity and residual additions map to their ONNX operators, each by
+  its entry in quant.operators. Any other operator raises NotExportable, naming it.
 
 QuantizeLinear rounds half to even, as torch.round does, and the Clip bounds are the grid's end
 points (q_min·s, q_max·s), so the graph evaluates the fake-quantized network of the sweep.
@@ -29,17 +29,16 @@ points (q_min·s, q_max·s), so the graph evaluates the fake-quantized network o
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 
 from quantlab.errors import ConfigError
+from quantlab.quant.operators import operator_of
 from quantlab.quant.sites import ActQuant
 from quantlab.quant.uniform import Codes
 
@@ -181,10 +180,8 @@ class GraphWriter:
                 outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", None]))
             elif node.op == "call_module":
                 self.names[node] = self.module(node, self.modules[str(node.target)])
-            elif node.op == "call_function":
-                self.names[node] = self.function(node)
-            elif node.op == "call_method":
-                self.names[node] = self.method(node)
+            elif node.op in ("call_function", "call_method"):
+                self.names[node] = self.operator(node)
             else:
                 raise NotExportable(f"graph node {node.op} {node.target}")
         graph = helper.make_graph(self.nodes, "quantlab", inputs, outputs, self.initializers)
@@ -197,37 +194,16 @@ class GraphWriter:
     # -- modules --------------------------------------------------------------------------------------
 
     def module(self, node: Node, module: nn.Module) -> str:
-        x = self.source(node.args[0])
-        name = str(node.target)
-        if isinstance(module, ActQuant):
-            return self.activation_site(x, name, module)
-        if isinstance(module, nn.Conv2d):
-            return self.conv(x, name, module)
-        if isinstance(module, nn.Linear):
-            return self.linear(x, name, module)
-        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            return self.batch_norm(x, module)
-        if isinstance(module, nn.ReLU):
-            return self.node("Relu", [x], "relu")
-        if isinstance(module, nn.ReLU6):
-            return self.clip(x, 0.0, 6.0)
-        if isinstance(module, nn.Hardtanh):
-            return self.clip(x, float(module.min_val), float(module.max_val))
-        if isinstance(module, nn.LeakyReLU):
-            return self.node("LeakyRelu", [x], "leaky_relu", alpha=float(module.negative_slope))
-        if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-            return self.pool(x, module)
-        if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-            return self.adaptive_pool(node, x, module.output_size, isinstance(module, nn.AdaptiveMaxPool2d))
-        if isinstance(module, nn.Flatten):
-            if module.start_dim != 1 or module.end_dim != -1:
-                raise NotExportable(
-                    f"{name}: Flatten(start_dim={module.start_dim}, end_dim={module.end_dim})"
-                )
-            return self.node("Flatten", [x], "flatten", axis=1)
-        if isinstance(module, (nn.Dropout, nn.Identity)):
-            return x
-        raise NotExportable(f"{name}: {type(module).__name__} has no ONNX export in quantlab")
+        if isinstance(module, ActQuant):  # quantlab's own quantizer, not a network operator
+            return self.activation_site(self.source(node.args[0]), str(node.target), module)
+        return self.operator(node, module)
+
+    def operator(self, node: Node, module: nn.Module | None = None) -> str:
+        """The ONNX nodes of a network operator, by its entry in quant.operators."""
+        entry = operator_of(node, self.modules)
+        if entry is None or entry.onnx is None:
+            raise NotExportable(f"{_named(node, self.modules)} has no ONNX export in quantlab")
+        return entry.onnx(self, node, module)
 
     def activation_site(self, x: str, name: str, module: ActQuant) -> str:
         if module.grid is None:  # activations in float at this pair
@@ -372,30 +348,6 @@ class GraphWriter:
             rows.append(self.node("Concat", cells, "row", axis=3))
         return self.node("Concat", rows, "adaptive_pool", axis=2)
 
-    # -- functions and methods ------------------------------------------------------------------------
-
-    def function(self, node: Node) -> str:
-        target, args = node.target, node.args
-        if target in (operator.add, torch.add):
-            return self.node("Add", [self.source(args[0]), self.source(args[1])], "add")
-        if target in (torch.relu, F.relu):
-            return self.node("Relu", [self.source(args[0])], "relu")
-        if target is torch.flatten:
-            return self.flatten(node, args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0))
-        if target is F.adaptive_avg_pool2d:
-            return self.adaptive_pool(node, self.source(args[0]), args[1], maximum=False)
-        raise NotExportable(f"{getattr(target, '__name__', target)} has no ONNX export in quantlab")
-
-    def method(self, node: Node) -> str:
-        name, args = str(node.target), node.args
-        if name == "flatten":
-            return self.flatten(node, args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0))
-        if name == "relu":
-            return self.node("Relu", [self.source(args[0])], "relu")
-        if name == "contiguous":
-            return self.source(args[0])
-        raise NotExportable(f"Tensor.{name} has no ONNX export in quantlab")
-
     def flatten(self, node: Node, start_dim: Any) -> str:
         end_dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
         if start_dim != 1 or end_dim != -1:
@@ -452,35 +404,19 @@ def check_exportable(model: GraphModule, example: Tensor) -> None:
         ShapeProp(model).propagate(example)
     modules = dict(model.named_modules())
     for node in model.graph.nodes:
-        if node.op == "call_module":
-            module = modules[str(node.target)]
-            if not isinstance(module, SUPPORTED_MODULES):
-                raise NotExportable(f"{node.target}: {type(module).__name__} has no ONNX export in quantlab")
-        elif node.op == "call_function" and node.target not in SUPPORTED_FUNCTIONS:
-            raise NotExportable(
-                f"{getattr(node.target, '__name__', node.target)} has no ONNX export in quantlab"
-            )
-        elif node.op == "call_method" and node.target not in SUPPORTED_METHODS:
-            raise NotExportable(f"Tensor.{node.target} has no ONNX export in quantlab")
+        if node.op not in ("call_module", "call_function", "call_method"):
+            continue
+        if node.op == "call_module" and isinstance(modules[str(node.target)], ActQuant):
+            continue
+        entry = operator_of(node, modules)
+        if entry is None or entry.onnx is None:
+            raise NotExportable(f"{_named(node, modules)} has no ONNX export in quantlab")
 
 
-SUPPORTED_MODULES = (
-    ActQuant,
-    nn.Conv2d,
-    nn.Linear,
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.Hardtanh,
-    nn.LeakyReLU,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
-    nn.Flatten,
-    nn.Dropout,
-    nn.Identity,
-)
-SUPPORTED_FUNCTIONS = (operator.add, torch.add, torch.relu, F.relu, torch.flatten, F.adaptive_avg_pool2d)
-SUPPORTED_METHODS = ("flatten", "relu", "contiguous")
+def _named(node: Node, modules: dict[str, nn.Module]) -> str:
+    """How a refusal names an operator: `layer: Class`, a function's name, or Tensor.method."""
+    if node.op == "call_module":
+        return f"{node.target}: {type(modules[str(node.target)]).__name__}"
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    return str(getattr(node.target, "__name__", node.target))

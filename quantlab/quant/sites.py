@@ -8,37 +8,24 @@ module per site:
 - placement "output": on the output of every conv / linear layer (after its batch norm, folded or
   not), except a layer whose output is the network's output (the logits stay in float).
 For each site, the batch norm whose statistics bound the tensor is found by walking back through
-range-preserving operations: ReLU / ReLU6 (recorded as clamps), max / average pooling, flatten,
-view, dropout, identity. A site with no such batch norm (the network input, a residual sum) gets its
-range from calibration data instead (`ptq.act_fallback`).
+range-preserving operations (their `range` in quant.operators): ReLU / ReLU6 (recorded as
+clamps), max / average pooling, flatten, view, dropout, identity. A site with no such batch norm (the
+network input, a residual sum) gets its range from calibration data instead (`ptq.act_fallback`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 
 from quantlab.quant.layers import WEIGHT_LAYERS
+from quantlab.quant.operators import operator_of
 from quantlab.quant.ranges import Range, RangeObserver
 from quantlab.quant.uniform import fake_quantize_activation
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
-_PASS_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
-_PASS_FUNCTIONS = {
-    torch.flatten,
-    torch.reshape,
-    F.max_pool2d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool2d,
-    F.dropout,
-}
-_PASS_METHODS = {"flatten", "view", "reshape", "contiguous"}
-_RELU: Range = (0.0, float("inf"))
-_RELU6: Range = (0.0, 6.0)
 PLACEMENTS = ("input", "output")
 
 
@@ -75,30 +62,6 @@ class Site:
         return self.bn is not None
 
 
-def _clamp_of(node: Node, modules: dict[str, nn.Module]) -> Range | None:
-    if node.op == "call_module":
-        module = modules[str(node.target)]
-        if isinstance(module, nn.ReLU6):
-            return _RELU6
-        if isinstance(module, nn.ReLU):
-            return _RELU
-    if node.op == "call_function" and node.target in (F.relu, torch.relu):
-        return _RELU
-    if node.op == "call_method" and node.target == "relu":
-        return _RELU
-    return None
-
-
-def _passes_through(node: Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules[str(node.target)], _PASS_MODULES)
-    if node.op == "call_function":
-        return node.target in _PASS_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in _PASS_METHODS
-    return False
-
-
 def bn_source(
     node: Node, modules: dict[str, nn.Module], folded: dict[str, nn.Module]
 ) -> tuple[nn.Module | None, list[Range]]:
@@ -111,10 +74,10 @@ def bn_source(
                 return modules[target], clamps[::-1]
             if target in folded:
                 return folded[target], clamps[::-1]
-        clamp = _clamp_of(node, modules)
-        if clamp is not None:
-            clamps.append(clamp)
-        elif not _passes_through(node, modules):
+        entry = operator_of(node, modules)  # quant.operators: does it keep or clamp the range?
+        if entry is not None and entry.range == "clamp":
+            clamps.append(entry.clamp)  # type: ignore[arg-type]
+        elif entry is None or entry.range != "pass":
             return None, []
         node = node.args[0]  # type: ignore[assignment]
     return None, []
