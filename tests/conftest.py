@@ -77,3 +77,21 @@ def train_in_process(run_dir: Path, overrides: list[str]):
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def yaml_method(name: str, *overrides: str, **given):
+    """The method `method=<name>` builds, its settings from conf/method/<name>.yaml (the one source of
+    its defaults) with `overrides` composed in and `given` Python values (e.g. a schedule object)
+    replacing keys; a refusal raises the method's own error."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from quantlab.runs.config import compose
+
+    cfg = compose([f"method={name}", *overrides])
+    try:
+        return instantiate(cfg.method, **given)
+    except InstantiationException as e:
+        if e.__cause__ is not None:
+            raise e.__cause__ from None
+        raise

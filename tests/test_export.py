@@ -25,6 +25,7 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from quantlab.runs.config import ptq_defaults
 from tests.conftest import quantlab  # noqa: E402
 
 STRICT = (0.1, 99.5)  # points of top-1, % argmax agreement
@@ -41,10 +42,9 @@ def _trained(tmp_path: Path, overrides: list[str], epochs: int):
 
 
 def _export(trainer, network, pair, out: Path) -> dict:
-    from quantlab.quant.sweep import PTQSettings
     from quantlab.runs.export import export_network
 
-    return export_network(network, trainer.method, trainer.data, pair, PTQSettings(), out)
+    return export_network(network, trainer.method, trainer.data, pair, ptq_defaults(), out)
 
 
 def _onnx_weights(path: Path) -> dict[str, np.ndarray]:
@@ -100,7 +100,7 @@ def test_onnxruntime_runs_the_export_as_quantlab_evaluates_it(tmp_path, model, e
     sweep's default (float-bias) number (same sites, grids, ranges and calibration); the stored
     weights take at most 2^b values per channel."""
     from quantlab.data import make_loader
-    from quantlab.quant.sweep import PTQSettings, run_sweep
+    from quantlab.quant.sweep import run_sweep
 
     trainer, network = _trained(tmp_path, [f"model={model}"], epochs)
     for pair, tolerance in (((8, 8), w8a8), ((4, 4), w4a4)):
@@ -111,9 +111,9 @@ def test_onnxruntime_runs_the_export_as_quantlab_evaluates_it(tmp_path, model, e
         data = trainer.data
         test = make_loader(data.test, 256, train=False)
         calibration = make_loader(data.calibration, 256, train=True, seed=0)
-        (entry,) = run_sweep(network, [pair], PTQSettings(bias="int32"), calibration, test).entries
+        (entry,) = run_sweep(network, [pair], ptq_defaults(bias="int32"), calibration, test).entries
         assert record["verification"]["fake_quant_acc"] == pytest.approx(entry["acc"], abs=1e-9)
-        (entry,) = run_sweep(network, [pair], PTQSettings(), calibration, test).entries
+        (entry,) = run_sweep(network, [pair], ptq_defaults(), calibration, test).entries
         assert record["verification"]["pair_acc"] == pytest.approx(entry["acc"], abs=1e-9)
         assert {s["type"] for s in record["sites"]} <= {"int8", "uint8"}
         weight_types = {layer["type"] for layer in record["layers"]}
@@ -285,7 +285,7 @@ def test_int32_bias_rounds_each_bias_to_its_accumulator_grid():
     from torch import nn
 
     from quantlab.quant.sites import ActQuant
-    from quantlab.quant.sweep import PTQSettings, PTQSweep, Variant
+    from quantlab.quant.sweep import PTQSweep, Variant
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
@@ -293,7 +293,7 @@ def test_int32_bias_rounds_each_bias_to_its_accumulator_grid():
         for m in net:
             if hasattr(m, "bias") and m.bias is not None:
                 m.bias.uniform_(-1, 1)
-    sweep = PTQSweep(net, PTQSettings(act_range="minmax"), fold=False)
+    sweep = PTQSweep(net, ptq_defaults(act_range="minmax"), fold=False)
     sweep.calibrate([(torch.randn(16, 3, 8, 8), torch.zeros(16))])
     plain, rounded = sweep.build(Variant(4, 4)), sweep.build(Variant(4, 4, int32_bias=True))
     codes = sweep.weight_codes(Variant(4, 4))

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantlab.errors import ConfigError
-from quantlab.methods.gradreg import DefensiveQuantization, GradL1, GradL2, orthogonality_gap
-from quantlab.methods.ste import STE, ste_activation
+from quantlab.methods.gradreg import orthogonality_gap
+from quantlab.methods.ste import ste_activation
 from quantlab.schedules import Constant
-from tests.conftest import make_trainer
+from tests.conftest import make_trainer, yaml_method
 
 
 def _tiny(dtype=torch.float64, bn: bool = True, seed: int = 0) -> nn.Sequential:
@@ -56,9 +56,9 @@ def _penalty(method, model, x, y) -> torch.Tensor:
     return method.penalty(model, loss, (x, y))[method.name]
 
 
-@pytest.mark.parametrize(("cls", "norm"), [(GradL1, 1), (GradL2, 2)])
+@pytest.mark.parametrize(("cls", "norm"), [("grad_l1", 1), ("grad_l2", 2)])
 def test_penalty_value_equals_the_gradient_norm(cls, norm):
-    method = cls(strength=0.3, act_strength=0.7)
+    method = yaml_method(cls, strength=0.3, act_strength=0.7)
     model, x, y = _prepared(method)
     value = _penalty(method, model, x, y)
     g_w, g_y = _independent_grads(model, x, y)
@@ -69,7 +69,7 @@ def test_penalty_value_equals_the_gradient_norm(cls, norm):
 
 def test_activation_gradients_are_included():
     """With λ_w = 0 the penalty is λ_y‖∇_y L‖₁ — nonzero, and exactly the activation part."""
-    method = GradL1(strength=0.0, act_strength=1.0)
+    method = yaml_method("grad_l1", strength=0.0, act_strength=1.0)
     model, x, y = _prepared(method)
     value = _penalty(method, model, x, y)
     _, g_y = _independent_grads(model, x, y)
@@ -81,7 +81,7 @@ def test_activation_gradients_are_included():
 
 def test_penalty_gradient_matches_finite_differences():
     """d/dθ of the penalty (double backprop) against central differences of the penalty itself."""
-    method = GradL1(strength=0.5)
+    method = yaml_method("grad_l1", strength=0.5)
     model, x, y = _prepared(method, bn=False)
     params = list(model.parameters())
     value = _penalty(method, model, x, y)
@@ -106,7 +106,7 @@ def test_penalty_gradient_matches_finite_differences():
 def _exact_and_fd(cls, eps: float, dtype=torch.float32):
     grads = {}
     for estimator in ("exact", "fd"):
-        method = cls(strength=0.05, estimator=estimator, fd_eps=eps)
+        method = yaml_method(cls, strength=0.05, estimator=estimator, fd_eps=eps)
         model, x, y = _prepared(method, dtype, n=32)
         loss = F.cross_entropy(model(x), y)
         terms = method.penalty(model, loss, (x, y))  # what the trainer backpropagates with the loss
@@ -134,7 +134,7 @@ def _penalty_gradient_error(cls, eps: float) -> float:
     return float((fd - exact).norm() / (exact - task).norm())
 
 
-@pytest.mark.parametrize("cls", [GradL1, GradL2])
+@pytest.mark.parametrize("cls", ["grad_l1", "grad_l2"])
 def test_finite_difference_option_agrees_with_double_backprop(cls):
     """The documented tolerance: the penalty gradients agree to 1 % (relative ℓ2) at the default ε in
     float32, for ℓ1 (v = λ·sign g) and for ℓ2 (v = λ·g/‖g‖₂, whose entries are far below λ: the step
@@ -143,7 +143,7 @@ def test_finite_difference_option_agrees_with_double_backprop(cls):
 
 
 def test_last_epochs_gate_the_penalty():
-    method = GradL1(strength=0.1, lam=Constant(2.0), last_epochs=2, epochs=5)
+    method = yaml_method("grad_l1", strength=0.1, lam=Constant(2.0), last_epochs=2, epochs=5)
     model, x, y = _prepared(method)
     loss = F.cross_entropy(model(x), y)
     assert method.penalty(model, loss, (x, y)) == {}
@@ -151,9 +151,9 @@ def test_last_epochs_gate_the_penalty():
     assert method.on_step(model, 11, 3) == {"lambda": pytest.approx(0.2)}
     assert method.strengths() == (pytest.approx(0.2), pytest.approx(0.2))
     with pytest.raises(ConfigError, match="method.last_epochs"):
-        GradL1(last_epochs=3, epochs=None)
+        yaml_method("grad_l1", last_epochs=3, epochs=None)
     with pytest.raises(ConfigError, match="method.estimator"):
-        GradL1(estimator="hvp")
+        yaml_method("grad_l1", estimator="hvp")
 
 
 def test_defensive_quantization_closed_forms():
@@ -164,7 +164,7 @@ def test_defensive_quantization_closed_forms():
     w = torch.randn(5, 12, dtype=torch.float64)
     sigma = torch.linalg.svdvals(w)
     assert float(orthogonality_gap(w)) == pytest.approx(float(((sigma**2 - 1) ** 2).sum()))
-    method = DefensiveQuantization(strength=0.01)
+    method = yaml_method("dq", strength=0.01)
     model, x, y = _prepared(method)
     value = method.penalty(model, F.cross_entropy(model(x), y), (x, y))["dq"]
     expect = 0.01 * sum(orthogonality_gap(m.weight) for m in model if isinstance(m, (nn.Conv2d, nn.Linear)))
@@ -173,7 +173,7 @@ def test_defensive_quantization_closed_forms():
 
 def test_ste_trains_on_the_grid_and_exports_it():
     model = _tiny(dtype=torch.float32)
-    method = STE({"name": "w3a4", "weight_bits": 3, "act_bits": 4})
+    method = yaml_method("ste", bitwidth={"name": "w3a4", "weight_bits": 3, "act_bits": 4})
     method.prepare(model)
     assert method.traits.trained_bits == (3, 4)
     x, y = _batch(torch.float32)
@@ -201,9 +201,9 @@ def test_ste_activation_gradient_is_clipped_identity():
 
 def test_ste_needs_integer_bits():
     with pytest.raises(ConfigError, match="bitwidth"):
-        STE({"name": "binary", "weight_bits": None, "act_bits": None})
+        yaml_method("ste", bitwidth={"name": "binary", "weight_bits": None, "act_bits": None})
     with pytest.raises(ConfigError, match="bitwidth.act_bits"):
-        STE({"name": "x", "weight_bits": 4, "act_bits": 40})
+        yaml_method("ste", bitwidth={"name": "x", "weight_bits": 4, "act_bits": 40})
 
 
 @pytest.mark.parametrize(

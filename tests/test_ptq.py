@@ -16,7 +16,7 @@ from quantlab.quant.ranges import RangeObserver, bn_channel_range, mse_range, pe
 from quantlab.quant.sites import ActQuant
 from quantlab.quant.sweep import PTQSettings, PTQSweep, Variant, evaluate_variants, plan, run_sweep
 from quantlab.quant.uniform import activation_grid, fake_quantize, fake_quantize_activation, quantize_tensor
-from quantlab.runs.config import compose
+from quantlab.runs.config import compose, ptq_defaults
 
 
 def _net(affine: bool = True, seed: int = 0) -> nn.Sequential:
@@ -114,7 +114,7 @@ def test_bn_ranges_equal_beta_plus_minus_n_gamma(affine):
 def test_site_ranges_from_batch_norm(fold, placement):
     """Each site's range is [min_c(β−n|γ|), max_c(β+n|γ|)] of its BN, clamped by the ReLU on the way."""
     net = _net()
-    sweep = PTQSweep(net, PTQSettings(bn_n=3.0, act_placement=placement), fold=fold)
+    sweep = PTQSweep(net, ptq_defaults(bn_n=3.0, act_placement=placement), fold=fold)
     bns = {"0": net[1], "3": net[4]}
     checked = 0
     for site in sweep.sites:
@@ -140,7 +140,7 @@ def test_site_ranges_from_batch_norm(fold, placement):
 def test_minmax_calibration_sees_every_value():
     net = _net()
     batches = _batches(3)
-    sweep = PTQSweep(net, PTQSettings(act_range="minmax", calibration_batches=2), fold=True)
+    sweep = PTQSweep(net, ptq_defaults(act_range="minmax", calibration_batches=2), fold=True)
     assert sweep.calibrate(batches) == 2
     seen = {}
     hooks = [
@@ -195,7 +195,7 @@ def test_observer_subsample_is_bounded_and_exact_in_min_max():
 @pytest.mark.parametrize("act_range", ["bn", "minmax", "percentile", "mse"])
 def test_quantized_network_is_on_the_grid(placement, act_range):
     """Weights: ≤ 2^b values per output channel; every quantized activation: ≤ 2^a values."""
-    sweep = PTQSweep(_net(), PTQSettings(act_range=act_range, act_placement=placement), fold=True)
+    sweep = PTQSweep(_net(), ptq_defaults(act_range=act_range, act_placement=placement), fold=True)
     sweep.calibrate(_batches())
     model = sweep.build(Variant(3, 4))
     for m in model.modules():
@@ -213,7 +213,7 @@ def test_quantized_network_is_on_the_grid(placement, act_range):
 
 def test_weights_only_pair_leaves_activations_float():
     net = _net()
-    sweep = PTQSweep(net, PTQSettings(act_range="minmax"), fold=False)
+    sweep = PTQSweep(net, ptq_defaults(act_range="minmax"), fold=False)
     sweep.calibrate(_batches())
     model = sweep.build(Variant(8, None))
     manual = copy.deepcopy(net)
@@ -256,7 +256,7 @@ def test_cached_reference_must_match_the_loader():
 def test_sixteen_bits_is_nearly_float_and_low_bits_are_not():
     net = _net()
     batches = _batches(4)
-    result = run_sweep(net, [(16, 16), (2, 2)], PTQSettings(act_range="minmax"), batches, batches)
+    result = run_sweep(net, [(16, 16), (2, 2)], ptq_defaults(act_range="minmax"), batches, batches)
     by_pair = {e["pair"]: e for e in result.entries}
     assert by_pair["w16a16"]["kl"] < 1e-6
     assert by_pair["w2a2"]["kl"] > 100 * by_pair["w16a16"]["kl"]
@@ -264,7 +264,7 @@ def test_sixteen_bits_is_nearly_float_and_low_bits_are_not():
 
 
 def test_bn_ranges_need_no_data_when_every_site_has_a_batch_norm():
-    sweep = PTQSweep(_net(), PTQSettings(quantize_network_input=False), fold=True)
+    sweep = PTQSweep(_net(), ptq_defaults(quantize_network_input=False), fold=True)
     assert sweep.needs_data() == []
     assert sweep.calibrate(iter(())) == 0  # data-free
     sweep.build(Variant(4, 4))
@@ -279,7 +279,7 @@ def test_every_model_can_be_swept(model):
     result = run_sweep(
         net,
         [(8, 8)],
-        PTQSettings(),
+        ptq_defaults(),
         [(x, torch.zeros(4, dtype=torch.long))],
         [(x, torch.zeros(4, dtype=torch.long))],
     )
@@ -313,7 +313,7 @@ def test_ignoring_higher_bits_keeps_the_trained_grid_exactly():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 m.weight.copy_(quantize_tensor(m.weight, 4, True, axis=0))
     batches = _batches(2)
-    s = PTQSettings(trained_bits=[4, None], act_range="minmax")
+    s = ptq_defaults(trained_bits=[4, None], act_range="minmax")
     sweep = PTQSweep(net, s, fold=False)
     ignore = sweep.build(Variant(4, None))
     weights = [m.weight for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -351,7 +351,7 @@ def test_settings_errors_name_the_field(change, field):
 
 def test_settings_defaults_are_the_yaml():
     cfg = compose([])
-    assert PTQSettings.from_config(cfg.ptq) == PTQSettings()
+    assert PTQSettings.from_config(cfg.ptq) == ptq_defaults()
 
 
 @settings(max_examples=60, deadline=None)
@@ -377,7 +377,7 @@ def test_fast_activation_path_equals_torch_kernel(bits, symmetric, lo, hi, nonne
 def test_resnet_shortcut_shares_the_block_input_quantizer():
     """A block's first conv and its 1x1 shortcut read the same tensor: one quantizer, one range."""
     net = instantiate(compose(["model=resnet18", "dataset=synthetic"]).model).eval()
-    sweep = PTQSweep(net, PTQSettings(), fold=True)
+    sweep = PTQSweep(net, ptq_defaults(), fold=True)
     layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     shortcuts = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d) and "downsample" in n]
     assert len(shortcuts) == 3 and len(sweep.sites) == len(layers) - len(shortcuts)

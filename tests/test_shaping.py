@@ -11,11 +11,6 @@ from torch.nn.utils import parametrize
 
 from quantlab.errors import ConfigError
 from quantlab.methods.shaping import (
-    BNNR1,
-    BNNR2,
-    L1,
-    L2,
-    Foothill,
     SignActivation,
     foothill,
     foothill_grad,
@@ -23,6 +18,7 @@ from quantlab.methods.shaping import (
     foothill_saddle,
 )
 from quantlab.schedules import Constant, LogEpoch
+from tests.conftest import yaml_method
 
 SHAPES = [(1.0, 1.0), (0.5, 50.0), (16.0, 0.125), (20.0, 0.1), (100.0, 0.02)]
 
@@ -103,15 +99,15 @@ def test_limit_towards_ridge():
 @pytest.mark.parametrize(
     "cls,f",
     [
-        (L1, lambda x: x.abs()),
-        (L2, lambda x: x**2),
-        (Foothill, lambda x: 0.75 * x * torch.tanh(50 * x / 2)),
+        ("l1", lambda x: x.abs()),
+        ("l2", lambda x: x**2),
+        ("foothill", lambda x: 0.75 * x * torch.tanh(50 * x / 2)),
     ],
 )
 def test_plain_penalty_is_lambda_sum_f_of_every_weight(cls, f):
     net = _net().double()
-    kwargs = {"alpha": 0.75, "beta": 50.0} if cls is Foothill else {}
-    method = cls(strength=1e-3, **kwargs)
+    kwargs = {"alpha": 0.75, "beta": 50.0} if cls == "foothill" else {}
+    method = yaml_method(cls, strength=1e-3, **kwargs)
     method.prepare(net)
     weights = [m.weight for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     expected = 1e-3 * sum(f(w).sum() for w in weights)
@@ -124,10 +120,12 @@ def test_plain_penalty_is_lambda_sum_f_of_every_weight(cls, f):
 @pytest.mark.parametrize(
     "make,f,fprime",
     [
-        (lambda: BNNR1(strength=1.0, lam=Constant(1.0)), lambda d: d.abs(), torch.sign),
-        (lambda: BNNR2(strength=1.0, lam=Constant(1.0)), lambda d: d**2, lambda d: 2 * d),
+        (lambda: yaml_method("bnn_r1", strength=1.0, lam=Constant(1.0)), lambda d: d.abs(), torch.sign),
+        (lambda: yaml_method("bnn_r2", strength=1.0, lam=Constant(1.0)), lambda d: d**2, lambda d: 2 * d),
         (
-            lambda: Foothill(alpha=20.0, beta=0.1, strength=1.0, lam=Constant(1.0), binary=True),
+            lambda: yaml_method(
+                "foothill", alpha=20.0, beta=0.1, strength=1.0, lam=Constant(1.0), binary=True
+            ),
             lambda d: 20.0 * d * torch.tanh(0.1 * d / 2),
             lambda d: foothill_grad(d, 20.0, 0.1),
         ),
@@ -160,7 +158,7 @@ def test_binary_forward_export_and_straight_through_gradient():
     """forward: binary trains with μ·sign(w); the export holds sign(w)·μ (2 values per channel) and
     computes what the trained network computes; the latent weights get the straight-through gradient."""
     net = _net()
-    method = BNNR2(strength=1e-3)
+    method = yaml_method("bnn_r2", strength=1e-3)
     method.prepare(net)
     x = torch.randn(5, 1, 4, 4)
     net.eval()
@@ -195,7 +193,7 @@ def test_binary_forward_export_and_straight_through_gradient():
 def test_latent_forward_trains_the_float_weights():
     net = _net()
     before = net.get_submodule("3").weight.detach().clone()
-    method = BNNR1(strength=1e-3, forward="latent")
+    method = yaml_method("bnn_r1", strength=1e-3, forward="latent")
     method.prepare(net)
     torch.testing.assert_close(net.get_submodule("3").weight, before)  # the layer sees w itself
     assert method.traits.exported_differs
@@ -203,7 +201,7 @@ def test_latent_forward_trains_the_float_weights():
 
 def test_sign_activations_and_their_gradient():
     net = _net()
-    method = Foothill(binary=True, binarize_acts=True)
+    method = yaml_method("foothill", binary=True, binarize_acts=True)
     method.prepare(net)
     acts = [m for m in net.modules() if isinstance(m, SignActivation)]
     assert len(acts) == 2 and isinstance(net[8], nn.ReLU)  # the input of the float last layer stays real
@@ -216,25 +214,25 @@ def test_sign_activations_and_their_gradient():
 
 def test_lambda_grows_with_log_epoch_for_binary_forms():
     net = _net()
-    method = BNNR1(strength=1e-6)
+    method = yaml_method("bnn_r1", strength=1e-6)
     assert isinstance(method.schedule, LogEpoch)
     method.prepare(net)
     assert method.penalty(net, torch.tensor(0.0), None) == {}  # λ = λ₀ log 1 = 0 in the first epoch
     for epoch in (1, 4, 9):
         logged = method.on_step(net, 100, epoch)
         assert logged["lambda"] == pytest.approx(1e-6 * math.log(epoch + 1))
-    assert isinstance(L1().schedule, Constant)
+    assert isinstance(yaml_method("l1").schedule, Constant)
 
 
 def test_bad_settings_name_the_field():
     with pytest.raises(ConfigError, match="method.alpha"):
-        Foothill(alpha=0)
+        yaml_method("foothill", alpha=0)
     with pytest.raises(ConfigError, match="method.forward"):
-        BNNR1(forward="soft")
+        yaml_method("bnn_r1", forward="soft")
     with pytest.raises(ConfigError, match="method.strength"):
-        L2(strength=-1)
+        yaml_method("l2", strength=-1)
     with pytest.raises(ConfigError, match="method.binarize_acts"):
-        L1(binarize_acts=True)
+        yaml_method("l1", binarize_acts=True)
 
 
 @pytest.mark.parametrize("method", ["l1", "l2", "foothill", "bnn_r1", "bnn_r2"])

@@ -12,6 +12,7 @@ from torch import nn
 from quantlab.errors import ConfigError
 from quantlab.methods.waveq import WaveQ, waveq_step, waveq_term
 from quantlab.quant.dorefa import dorefa_levels, dorefa_quantize, quantize_unit
+from tests.conftest import yaml_method
 
 
 def _on_levels(x: torch.Tensor, levels: torch.Tensor, atol: float = 1e-6) -> bool:
@@ -77,7 +78,7 @@ def test_reparametrization_keeps_the_network_and_the_export_holds_dorefa_levels(
     x = torch.randn(6, 1, 4, 4)
     net.eval()
     before = net(x)
-    method = WaveQ(init_bits=5.4, min_bits=2, max_bits=8)
+    method = yaml_method("waveq", init_bits=5.4, min_bits=2, max_bits=8)
     method.prepare(net)
     torch.testing.assert_close(net(x), before)  # α·tanh(v)/max|tanh v| reproduces w at the start
     params = method._parametrizations(net)
@@ -97,7 +98,7 @@ def test_reparametrization_keeps_the_network_and_the_export_holds_dorefa_levels(
 
 def test_weights_on_the_grid_export_unchanged_and_have_zero_penalty():
     net = _net()
-    method = WaveQ(init_bits=3, learn_bits=False, bit_strength=0.03, strength=1.0, epochs=10)
+    method = yaml_method("waveq", init_bits=3, learn_bits=False, bit_strength=0.03, strength=1.0, epochs=10)
     method.prepare(net)
     with torch.no_grad():  # move every u onto the 3-bit levels: v = atanh(tanh(1)·q) for q on the levels
         for path in method.layers:
@@ -115,7 +116,7 @@ def test_bits_are_learned_clamped_and_kept_out_of_weight_decay():
     from omegaconf import OmegaConf
 
     net = _net()
-    method = WaveQ(init_bits=4.0, min_bits=3, max_bits=6, bits_lr=0.5)
+    method = yaml_method("waveq", init_bits=4.0, min_bits=3, max_bits=6, bits_lr=0.5)
     method.prepare(net)
     schedule = OmegaConf.create(
         {"optimizer": {"_target_": "quantlab.optim.optimizer", "_partial_": True, "name": "sgd", "lr": 0.1}}
@@ -135,7 +136,7 @@ def test_bits_are_learned_clamped_and_kept_out_of_weight_decay():
     logged = method.on_step(net, 0, 0)
     assert [float(b) for b in bits] == [3.0, 6.0]
     assert float(logged["bits/0"]) == 3.0 and float(logged["bits_mean"]) == 4.5
-    fixed = WaveQ(init_bits=4.0, learn_bits=False)
+    fixed = yaml_method("waveq", init_bits=4.0, learn_bits=False)
     fixed_net = _net_prepared(fixed)
     assert all(not p.bits.requires_grad for p in fixed._parametrizations(fixed_net))
     assert len(fixed.own_parameters(fixed_net)[0]) == 2  # the scales only
@@ -149,7 +150,7 @@ def _net_prepared(method: WaveQ) -> nn.Sequential:
 
 def test_lambda_q_ramp_is_the_public_codes():
     """λ_q = ½(1 + tanh((epoch − 0.2E)/20)) for E epochs, times λ_w."""
-    method = WaveQ(epochs=100, strength=0.5)
+    method = yaml_method("waveq", epochs=100, strength=0.5)
     net = _net_prepared(method)
     for epoch in (0, 20, 50, 99):
         expected = 0.5 * 0.5 * (1 + math.tanh((epoch - 20) / 20))
@@ -190,11 +191,11 @@ def test_digits_waveq_ramp_has_the_public_codes_shape_over_its_epochs():
 
 def test_bad_settings_name_the_field():
     with pytest.raises(ConfigError, match="method.init_bits"):
-        WaveQ(init_bits=12, max_bits=8)
+        yaml_method("waveq", init_bits=12, max_bits=8)
     with pytest.raises(ConfigError, match="method.min_bits"):
-        WaveQ(min_bits=0)
+        yaml_method("waveq", min_bits=0)
     with pytest.raises(ConfigError, match="method.bits_lr"):
-        WaveQ(bits_lr=-1)
+        yaml_method("waveq", bits_lr=-1)
 
 
 def test_train_writes_learned_bits_to_results_and_tensorboard(tmp_path):

@@ -21,9 +21,8 @@ import torch
 from quantlab.data import make_loader
 from quantlab.engine.console import print_rows
 from quantlab.engine.evaluate import evaluate, resolve_device
-from quantlab.quant.sweep import PTQSettings
 from quantlab.quant.sweep import run_sweep as sweep
-from quantlab.runs.config import compose
+from quantlab.runs.config import compose, ptq_defaults
 
 
 def _parse_pair(text: str) -> tuple[int, int | None]:
@@ -71,7 +70,7 @@ def _timed(device: torch.device, fn, *args, **kwargs):
 def run(args: argparse.Namespace) -> list[dict]:
     pairs = [_parse_pair(p) for p in args.pairs]
     k = len(pairs)
-    settings = PTQSettings(act_range=args.act_range, calibration_batches=args.calibration_batches)
+    settings = ptq_defaults(act_range=args.act_range, calibration_batches=args.calibration_batches)
     rows = []
     for model in args.model:
         net, calib, test, device = _setup(model, args)

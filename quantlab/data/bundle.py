@@ -27,6 +27,19 @@ class DataBundle:
         """Where PTQ calibration batches come from: training images, without augmentation."""
         return self.calib if self.calib is not None else self.train
 
+    def checked(self, num_classes: int, in_channels: int, image_size: int) -> DataBundle:
+        """The bundle, once the facts its YAML states (what the models read) match it: a wrong one is
+        one ConfigError naming the key (they are facts of the dataset, not settings)."""
+        for key, given in (
+            ("num_classes", num_classes),
+            ("in_channels", in_channels),
+            ("image_size", image_size),
+        ):
+            fact = getattr(self, key)
+            if given != fact:
+                raise ConfigError(f"dataset.{key}={given}: {self.name} has {fact}")
+        return self
+
     @property
     def top5(self) -> bool:
         """Report top-5 accuracy where the dataset has at least 100 classes."""

@@ -13,11 +13,14 @@ def _standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tenso
 
 
 def digits(
-    val_size: int | float = 180,
-    test_size: int | float = 360,
-    split_seed: int = 0,
-    val_split: str = "random",
-    **_: object,
+    *,
+    val_size: int | float,
+    test_size: int | float,
+    split_seed: int,
+    val_split: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
 ) -> DataBundle:
     """scikit-learn's 1,797 real 8x8 handwritten digits (10 classes), shipped inside the package.
 
@@ -42,17 +45,19 @@ def digits(
         num_classes=10,
         in_channels=1,
         image_size=8,
-    )
+    ).checked(num_classes, in_channels, image_size)
 
 
 def synthetic(
-    shape: tuple[int, int, int] | list[int] = (3, 32, 32),
-    num_classes: int = 10,
-    num_train: int = 1024,
-    num_val: int = 256,
-    num_test: int = 256,
-    seed: int = 0,
-    **_: object,
+    *,
+    shape: tuple[int, int, int] | list[int],
+    num_classes: int,
+    num_train: int,
+    num_val: int,
+    num_test: int,
+    seed: int,
+    in_channels: int,
+    image_size: int,
 ) -> DataBundle:
     """Gaussian images of any shape with labels from a fixed random linear teacher (so it is learnable).
 
@@ -76,4 +81,4 @@ def synthetic(
         num_classes=int(num_classes),
         in_channels=c,
         image_size=h,
-    )
+    ).checked(num_classes, in_channels, image_size)

@@ -287,32 +287,29 @@ class UInt8Images(Dataset):
 
 
 def glyphs(
-    root: str | None = None,
-    seed: int = 0,
-    num_train: int = 40000,
-    num_test: int = 10000,
-    val_size: int | float = 5000,
-    split_seed: int = 0,
-    val_split: str = "random",
-    val_augment: bool = False,
-    augment: bool = True,
-    loader: str = "auto",
-    num_classes: int = CLASSES,
-    in_channels: int = 3,
-    image_size: int = SIZE,
+    *,
+    root: str | None,
+    seed: int,
+    num_train: int,
+    num_test: int,
+    val_size: int | float,
+    split_seed: int,
+    val_split: str,
+    val_augment: bool,
+    augment: bool,
+    loader: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
 ) -> DataBundle:
     """Digits rendered from matplotlib's fonts with clutter (see the module docstring): 3×32×32,
     10 balanced classes, `num_train` training images (of which `val_size` are carved for
     validation) and `num_test` test images, generated from `seed` and cached under `root`.
     Augmentation: random crop 32 pad 4 (no flip: digits). `num_classes`, `in_channels` and
     `image_size` are what the models read; they are facts of the dataset, not settings."""
-    for key, value, fact in (
-        ("num_classes", num_classes, CLASSES),
-        ("in_channels", in_channels, 3),
-        ("image_size", image_size, SIZE),
-    ):
-        if value != fact:
-            raise ConfigError(f"dataset.{key}={value}: glyphs has {fact}")
+    DataBundle("glyphs", None, None, None, CLASSES, 3, SIZE).checked(  # type: ignore[arg-type]
+        num_classes, in_channels, image_size
+    )  # before anything is generated
     for key, value in (("num_train", num_train), ("num_test", num_test)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % CLASSES:
             raise ConfigError(f"dataset.{key}={value!r}: must be a positive multiple of {CLASSES}")

@@ -174,11 +174,6 @@ def _split(
     )
 
 
-#: The loader of a dataset config without `loader` (the YAML default is auto): a run started before
-#: device-resident data existed trained through torchvision, and its resume must see the same batches.
-PRE_RESIDENT = "torchvision"
-
-
 def _loader_kind(name: str, loader: str, resident_ok: bool = True) -> str:
     """`auto`: resident where the dataset's images have one size (every dataset here but ImageNet)."""
     if check_loader(loader) == "auto":
@@ -257,15 +252,18 @@ def _hwc(data: Any, labels: Any) -> tuple[Tensor, Tensor]:
 
 def _mnist_like(cls: type, name: str, mean: float, std: float):
     def build(
-        root: str | None = None,
-        download: bool = False,
-        val_size: int | float = 5000,
-        split_seed: int = 0,
-        val_split: str = "random",
-        val_augment: bool = False,
-        augment: bool = False,
-        loader: str = PRE_RESIDENT,
-        **_: object,
+        *,
+        root: str | None,
+        download: bool,
+        val_size: int | float,
+        split_seed: int,
+        val_split: str,
+        val_augment: bool,
+        augment: bool,
+        loader: str,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
     ) -> DataBundle:
         layout = LAYOUTS[name].text
         train, test = _open_pair(name, root, layout, lambda path, tr: cls(path, train=tr, download=download))
@@ -285,7 +283,7 @@ def _mnist_like(cls: type, name: str, mean: float, std: float):
             False,
             Validation(val_size, split_seed, val_split, val_augment),
             10,
-        )
+        ).checked(num_classes, in_channels, image_size)
 
     build.__doc__ = f"{name}: 60k/10k 28x28 grayscale digits, 10 classes (torchvision {cls.__name__})."
     return build
@@ -355,16 +353,19 @@ def _cifar(classes: int):
     name = f"cifar{classes}"
 
     def build(
-        root: str | None = None,
-        download: bool = False,
-        val_size: int | float = 5000,
-        split_seed: int = 0,
-        val_split: str = "random",
-        val_augment: bool = False,
-        augment: bool = True,
-        verify: bool = True,
-        loader: str = PRE_RESIDENT,
-        **_: object,
+        *,
+        root: str | None,
+        download: bool,
+        val_size: int | float,
+        split_seed: int,
+        val_split: str,
+        val_augment: bool,
+        augment: bool,
+        verify: bool,
+        loader: str,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
     ) -> DataBundle:
         layout = LAYOUTS[name].text
         cls.verify = verify
@@ -386,7 +387,7 @@ def _cifar(classes: int):
             True,
             Validation(val_size, split_seed, val_split, val_augment),
             classes,
-        )
+        ).checked(num_classes, in_channels, image_size)
 
     build.__doc__ = (
         f"CIFAR-{classes}: 50k/10k 32x32 colour images; augmentation: random crop 32 pad 4 + flip."
@@ -399,16 +400,19 @@ cifar100 = _cifar(100)
 
 
 def svhn(
-    root: str | None = None,
-    download: bool = False,
-    val_size: int | float = 5000,
-    split_seed: int = 0,
-    val_split: str = "random",
-    val_augment: bool = False,
-    augment: bool = True,
-    verify: bool = True,
-    loader: str = PRE_RESIDENT,
-    **_: object,
+    *,
+    root: str | None,
+    download: bool,
+    val_size: int | float,
+    split_seed: int,
+    val_split: str,
+    val_augment: bool,
+    augment: bool,
+    verify: bool,
+    loader: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
 ) -> DataBundle:
     """SVHN (cropped digits, 73k/26k 32x32); augmentation: random crop 32 pad 4 (no flip: digits)."""
     layout = LAYOUTS["svhn"].text
@@ -433,7 +437,7 @@ def svhn(
         False,
         Validation(val_size, split_seed, val_split, val_augment),
         10,
-    )
+    ).checked(num_classes, in_channels, image_size)
 
 
 # -- ImageFolder trees: TinyImageNet and ImageNet ----------------------------------------------------
@@ -450,14 +454,17 @@ def _image_folder(name: str, root: str | None, layout: str) -> tuple[tvd.ImageFo
 
 
 def tinyimagenet(
-    root: str | None = None,
-    val_size: int | float = 10000,
-    split_seed: int = 0,
-    val_split: str = "random",
-    val_augment: bool = False,
-    augment: bool = True,
-    loader: str = PRE_RESIDENT,
-    **_: object,
+    *,
+    root: str | None,
+    val_size: int | float,
+    split_seed: int,
+    val_split: str,
+    val_augment: bool,
+    augment: bool,
+    loader: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
 ) -> DataBundle:
     """TinyImageNet (200 classes, 64x64) in ImageFolder layout; the official val set is the test split.
 
@@ -483,19 +490,21 @@ def tinyimagenet(
         True,
         Validation(val_size, split_seed, val_split, val_augment),
         len(train.classes),
-    )
+    ).checked(num_classes, in_channels, image_size)
 
 
 def imagenet(
-    root: str | None = None,
-    val_size: int | float = 10000,
-    split_seed: int = 0,
-    val_split: str = "random",
-    val_augment: bool = False,
-    augment: bool = True,
-    image_size: int = 224,
-    loader: str = PRE_RESIDENT,
-    **_: object,
+    *,
+    root: str | None,
+    val_size: int | float,
+    split_seed: int,
+    val_split: str,
+    val_augment: bool,
+    augment: bool,
+    image_size: int,
+    loader: str,
+    num_classes: int,
+    in_channels: int,
 ) -> DataBundle:
     """ImageNet (ILSVRC-2012) in ImageFolder layout; the official val set is the test split.
 
@@ -520,4 +529,4 @@ def imagenet(
         len(train.classes),
         3,
         image_size,
-    )
+    ).checked(num_classes, in_channels, image_size)

@@ -23,7 +23,7 @@ class BC(WeightQuantizer):
     name = "bc"
     supported = (BINARY,)
 
-    def __init__(self, *args: Any, clip: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, clip: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.clip = bool(clip)
 

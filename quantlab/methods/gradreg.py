@@ -117,14 +117,15 @@ class GradientPenalty(Method):
 
     def __init__(
         self,
-        strength: float = 0.01,
-        act_strength: float | None = None,
-        lam: Schedule | None = None,
-        last_epochs: int | None = None,
-        epochs: int | None = None,
-        estimator: str = "exact",
-        fd_eps: float = 1e-4,
-        grad_norms_every: int = 10,
+        *,
+        strength: float,
+        act_strength: float | None,
+        lam: Schedule | None,
+        last_epochs: int | None,
+        epochs: int | None,
+        estimator: str,
+        fd_eps: float,
+        grad_norms_every: int,
     ) -> None:
         for key, value in (("strength", strength), ("act_strength", act_strength)):
             if value is not None and (not isinstance(value, (int, float)) or value < 0):
@@ -301,9 +302,7 @@ class DefensiveQuantization(Method):
 
     name = "dq"
 
-    def __init__(
-        self, strength: float = 3e-4, lam: Schedule | None = None, grad_norms_every: int = 10
-    ) -> None:
+    def __init__(self, *, strength: float, lam: Schedule | None, grad_norms_every: int) -> None:
         if not isinstance(strength, (int, float)) or strength < 0:
             raise ConfigError(f"method.strength={strength!r}: must be a number >= 0")
         self.strength = float(strength)

@@ -114,7 +114,7 @@ class _Lifted(WeightQuantizer):
     method.init=xavier.
     """
 
-    def __init__(self, *args: Any, lift_init: str = "product", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lift_init: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if lift_init not in LIFT_INITS:
             raise ConfigError(
@@ -170,7 +170,7 @@ class PMF(_SoftmaxFamily):
 
     name = "pmf"
 
-    def __init__(self, *args: Any, jacobian: str = "exact", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, jacobian: str, **kwargs: Any) -> None:
         if jacobian not in ("exact", "pmf_code"):
             raise ConfigError(f"method.jacobian={jacobian!r}: must be exact or pmf_code")
         super().__init__(*args, **kwargs)
@@ -317,7 +317,7 @@ class _ExactMirror(WeightQuantizer):
 
     mirror = ""
 
-    def __init__(self, *args: Any, direction: str = "adam", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, direction: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.direction = direction
 

@@ -75,10 +75,10 @@ class PQ(WeightQuantizer):
     def __init__(
         self,
         *args: Any,
-        reg_rate: float = 1e-4,
-        freeze_epoch: int | None = None,
-        ternary_levels: str = "fixed",
-        name: str = "pq",
+        reg_rate: float,
+        freeze_epoch: int | None,
+        ternary_levels: str,
+        name: str,
         **kwargs: Any,
     ) -> None:
         self.name = name  # pq or pq_star: how its messages call it

@@ -134,13 +134,14 @@ class WeightShaping(Method):
 
     def __init__(
         self,
-        strength: float = 1e-4,
-        lam: Schedule | None = None,
-        binary: bool | None = None,
-        forward: str = "binary",
-        first_last: bool | None = None,
-        binarize_acts: bool = False,
-        mu_lr: float | None = None,
+        *,
+        strength: float,
+        lam: Schedule | None,
+        binary: bool | None,
+        forward: str,
+        first_last: bool | None,
+        binarize_acts: bool,
+        mu_lr: float | None,
     ) -> None:
         if not isinstance(strength, (int, float)) or strength < 0:
             raise ConfigError(f"method.strength={strength!r}: must be a number >= 0")
@@ -271,7 +272,7 @@ class Foothill(WeightShaping):
 
     name = "foothill"
 
-    def __init__(self, alpha: float = 0.5, beta: float = 50.0, **kwargs: Any) -> None:
+    def __init__(self, *, alpha: float, beta: float, **kwargs: Any) -> None:
         for field, value in (("alpha", alpha), ("beta", beta)):
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"method.{field}={value!r}: must be a number > 0")

@@ -54,7 +54,7 @@ class STE(Method):
 
     momentum = 0.9
 
-    def __init__(self, bitwidth: Any, grad_norms_every: int = 10) -> None:
+    def __init__(self, *, bitwidth: Any, grad_norms_every: int) -> None:
         name = bitwidth.get("name", "?") if hasattr(bitwidth, "get") else "?"
         w_bits = bitwidth.get("weight_bits") if hasattr(bitwidth, "get") else None
         a_bits = bitwidth.get("act_bits") if hasattr(bitwidth, "get") else None

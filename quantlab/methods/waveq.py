@@ -86,17 +86,18 @@ class WaveQ(Method):
 
     def __init__(
         self,
-        strength: float = 1.0,
-        bit_strength: float = 0.03,
-        init_bits: float = 8.0,
-        learn_bits: bool = True,
-        min_bits: int = 2,
-        max_bits: int = 8,
-        bits_lr: float | None = None,
-        epochs: int = 1,
-        ramp_center: float = 0.2,
-        ramp_width: float = 20.0,
-        scope: dict | None = None,
+        *,
+        strength: float,
+        bit_strength: float,
+        init_bits: float,
+        learn_bits: bool,
+        min_bits: int,
+        max_bits: int,
+        bits_lr: float | None,
+        epochs: int,
+        ramp_center: float,
+        ramp_width: float,
+        scope: dict | None,
     ) -> None:
         for field, value in (("strength", strength), ("bit_strength", bit_strength)):
             if not isinstance(value, (int, float)) or value < 0:

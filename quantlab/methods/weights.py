@@ -168,11 +168,12 @@ class WeightQuantizer(Method):
     def __init__(
         self,
         bitwidth: Any,
-        beta: Schedule | None = None,
-        scope: dict | None = None,
-        init: str = "xavier",
-        init_gain: float = 1.0,
-        bn_affine: bool = False,
+        *,
+        beta: Schedule | None,
+        scope: dict | None,
+        init: str,
+        init_gain: float,
+        bn_affine: bool,
     ) -> None:
         levels = bitwidth.get("levels") if hasattr(bitwidth, "get") else None
         name = bitwidth.get("name", "?") if hasattr(bitwidth, "get") else "?"

@@ -25,9 +25,9 @@ def alexnet_bn(
     num_classes: int,
     in_channels: int,
     image_size: int,
-    hidden: int = 4096,
-    bn_affine: bool = True,
-    bias: bool = True,
+    hidden: int,
+    bn_affine: bool,
+    bias: bool,
 ) -> nn.Module:
     """conv64-conv192-conv384-conv256-conv256 (pools after 1, 2, 5) → FC hidden → FC hidden → FC."""
     check_common(num_classes, in_channels, image_size)

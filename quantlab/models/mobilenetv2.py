@@ -39,9 +39,9 @@ def mobilenetv2(
     num_classes: int,
     in_channels: int,
     image_size: int,
-    width_mult: float = 1.0,
-    bn_affine: bool = True,
-    bias: bool = False,
+    width_mult: float,
+    bn_affine: bool,
+    bias: bool,
 ) -> nn.Module:
     """MobileNetV2, CIFAR variant; ReLU instead of ReLU6 so activations stay unbounded for PTQ ranges."""
     check_common(num_classes, in_channels, image_size)

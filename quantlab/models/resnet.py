@@ -86,10 +86,10 @@ def resnet18(
     num_classes: int,
     in_channels: int,
     image_size: int,
-    stem: Literal["auto", "cifar", "imagenet"] = "auto",
-    stem_stride: int = 1,
-    bn_affine: bool = True,
-    bias: bool = False,
+    stem: Literal["auto", "cifar", "imagenet"],
+    stem_stride: int,
+    bn_affine: bool,
+    bias: bool,
 ) -> nn.Module:
     """ResNet-18: BasicBlocks [2, 2, 2, 2]; `bias` adds biases to the convs (the fc always has one)."""
     return ResNet((2, 2, 2, 2), num_classes, in_channels, image_size, stem, stem_stride, bn_affine, bias)

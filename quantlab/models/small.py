@@ -13,10 +13,10 @@ def mlp(
     num_classes: int,
     in_channels: int,
     image_size: int,
-    hidden: Sequence[int] = (256, 256),
-    bn_affine: bool = True,
-    bias: bool = True,
-    batch_norm: bool = True,
+    hidden: Sequence[int],
+    bn_affine: bool,
+    bias: bool,
+    batch_norm: bool,
 ) -> nn.Module:
     """Flatten → [Linear → BatchNorm1d (unless `batch_norm=false`) → ReLU] per hidden width → Linear."""
     check_common(num_classes, in_channels, image_size)
@@ -30,9 +30,7 @@ def mlp(
     return init_weights(nn.Sequential(*layers))
 
 
-def lenet5(
-    num_classes: int, in_channels: int, image_size: int, bn_affine: bool = True, bias: bool = True
-) -> nn.Module:
+def lenet5(num_classes: int, in_channels: int, image_size: int, bn_affine: bool, bias: bool) -> nn.Module:
     """LeNet-5 with batch norm: conv5x5(6) → pool → conv5x5(16) → pool → FC 120 → FC 84 → FC.
 
     Convs are padded ('same') and the last pool is adaptive to 5x5, so any image size from 8 up works;
@@ -66,9 +64,9 @@ def small_cnn(
     num_classes: int,
     in_channels: int,
     image_size: int,
-    width: int = 32,
-    bn_affine: bool = True,
-    bias: bool = True,
+    width: int,
+    bn_affine: bool,
+    bias: bool,
 ) -> nn.Module:
     """The digits default: conv(w) → conv(2w) → max-pool → conv(4w) → global average pool → FC."""
     check_common(num_classes, in_channels, image_size)

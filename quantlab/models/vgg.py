@@ -63,16 +63,16 @@ class VGG(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
-def vgg_small(num_classes: int, in_channels: int, image_size: int, bn_affine: bool = True, bias: bool = True):
+def vgg_small(num_classes: int, in_channels: int, image_size: int, bn_affine: bool, bias: bool):
     """VGG-like (gradient-L1 paper, Sec. 4): 128-128-M-256-256-M-512-512-M, then a linear classifier."""
     return VGG(CONFIGS["vgg_small"], num_classes, in_channels, image_size, (), bn_affine, bias)
 
 
-def vgg11(num_classes: int, in_channels: int, image_size: int, bn_affine: bool = True, bias: bool = True):
+def vgg11(num_classes: int, in_channels: int, image_size: int, bn_affine: bool, bias: bool):
     """VGG-11 with batch norm, CIFAR variant (FC 512, no dropout)."""
     return VGG(CONFIGS["vgg11"], num_classes, in_channels, image_size, (512, 512), bn_affine, bias)
 
 
-def vgg16(num_classes: int, in_channels: int, image_size: int, bn_affine: bool = True, bias: bool = True):
+def vgg16(num_classes: int, in_channels: int, image_size: int, bn_affine: bool, bias: bool):
     """VGG-16 with batch norm, CIFAR variant (FC 512, no dropout; MD paper App. B.4)."""
     return VGG(CONFIGS["vgg16"], num_classes, in_channels, image_size, (512, 512), bn_affine, bias)

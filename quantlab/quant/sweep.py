@@ -66,24 +66,25 @@ def pair_name(weight_bits: int, act_bits: int | None) -> str:
 
 @dataclass
 class PTQSettings:
-    """The `ptq` config node (conf/ptq_setup/default.yaml); every field is checked on creation."""
+    """The `ptq` config node. conf/ptq_setup/default.yaml is the one source of the defaults (no field
+    has one here); every field is checked on creation."""
 
-    enabled: bool | str = "auto"
-    fold_bn: bool | str = "auto"
-    weight_per_channel: bool = True
-    weight_symmetric: bool = True
-    act_placement: str = "input"
-    act_range: str = "bn"
-    act_fallback: str = "minmax"
-    act_symmetric: bool = True
-    bn_n: float = 6.0
-    percentile: float = 99.99
-    quantize_network_input: bool = True
-    calibration_batches: int = 8
-    calibration_samples: int = 262144
-    higher_bits: str = "best"
-    trained_bits: list | None = None
-    bias: str = "float"
+    enabled: bool | str
+    fold_bn: bool | str
+    weight_per_channel: bool
+    weight_symmetric: bool
+    act_placement: str
+    act_range: str
+    act_fallback: str
+    act_symmetric: bool
+    bn_n: float
+    percentile: float
+    quantize_network_input: bool
+    calibration_batches: int
+    calibration_samples: int
+    higher_bits: str
+    trained_bits: list | None
+    bias: str
 
     def __post_init__(self) -> None:
         def choice(key: str, allowed: Sequence[Any]) -> None:
@@ -122,6 +123,9 @@ class PTQSettings:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"ptq.{unknown[0]}: unknown setting; known: {', '.join(sorted(known))}")
+        missing = sorted(known - set(data))
+        if missing:
+            raise ConfigError(f"ptq.{missing[0]}: missing (conf/ptq_setup/default.yaml sets every ptq key)")
         if data.get("trained_bits") is not None:
             data["trained_bits"] = list(data["trained_bits"])
         return cls(**data)

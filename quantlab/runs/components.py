@@ -21,7 +21,7 @@ from quantlab.engine.settings import TrainerSettings
 from quantlab.engine.trainer import Trainer
 from quantlab.errors import ConfigError, MissingSetting, QuantlabError
 from quantlab.methods.base import Method
-from quantlab.runs.config import compose
+from quantlab.runs.config import compose, with_legacy_settings
 
 log = logging.getLogger("quantlab")
 
@@ -48,20 +48,37 @@ def build(node: DictConfig, field: str | None = None) -> Any:
         raise
 
 
-def _settings_not_taken(node: DictConfig) -> list[str]:
-    """The keys of a `_target_` node that its callable does not accept."""
+def takes(target: Any, key: str) -> bool | None:
+    """Whether a function, or a class's __init__ chain (followed through **kwargs), has a parameter
+    `key`; None when the signature cannot be read."""
     import inspect
 
+    chain = (
+        [c.__init__ for c in inspect.getmro(target) if "__init__" in vars(c)]
+        if inspect.isclass(target)
+        else [target]
+    )
+    try:
+        for fn in chain:
+            params = inspect.signature(fn).parameters
+            if key in params:
+                return True
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+                return False
+    except (ValueError, TypeError):
+        return None
+    return False
+
+
+def _settings_not_taken(node: DictConfig) -> list[str]:
+    """The keys of a `_target_` node that its callable does not accept."""
     from hydra.utils import get_method
 
     try:
-        params = inspect.signature(get_method(str(node["_target_"]))).parameters.values()
-    except (ValueError, TypeError, ImportError, KeyError):
+        target = get_method(str(node["_target_"]))
+    except (ImportError, KeyError, ValueError):
         return []
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return []
-    names = {p.name for p in params}
-    return [k for k in node if not str(k).startswith("_") and k not in names]
+    return [k for k in node if not str(k).startswith("_") and takes(target, str(k)) is False]
 
 
 def _choice(group: str) -> str | None:
@@ -139,7 +156,7 @@ class FinishedRun:
                 "result; resume it first, or read it anyway with allow_incomplete=true"
             )
         checkpoint.load(files.checkpoint(which))  # readable and safe, before anything is created
-        return cls(files, files.load_config(), results, which)
+        return cls(files, with_legacy_settings(files.load_config()), results, which)
 
     def eval_batch_size(self, given: int | None = None) -> int:
         """The evaluation batch: `given`, else the run's trainer.eval_batch_size, else twice its

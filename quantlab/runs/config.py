@@ -73,6 +73,9 @@ def validate_train_config(cfg: DictConfig) -> None:
     parse_sweep(_get(cfg, "bitwidth.sweep"), high=16)
     for key in ("trainer.eval_every", "trainer.log_every"):
         check_positive(_get(cfg, key), key, integer=True)
+    eval_batch = _get(cfg, "trainer.eval_batch_size")
+    if eval_batch is not None:
+        check_positive(eval_batch, "trainer.eval_batch_size", integer=True)
     norms_every = _get(cfg, "trainer.grad_norms_every")
     if norms_every is not None and (
         isinstance(norms_every, bool) or not isinstance(norms_every, int) or norms_every < 0
@@ -165,6 +168,48 @@ MACHINE_KEYS = (
 
 _ABSENT = object()
 
+#: Settings added after runs could have been recorded: (node, its _target_ prefix or None, key, the
+#: value that reproduces how a run recorded before the key existed ran). Applied to an old run's
+#: config.yaml where it lacks the key (`with_legacy_settings`), never to a new run, whose every
+#: setting comes from conf/ (the one source of defaults).
+LEGACY: tuple[tuple[str, str | None, str, Any], ...] = (
+    ("trainer", None, "channels_last", "auto"),
+    ("trainer", None, "compile", False),
+    ("trainer", None, "devices", 1),
+    ("trainer", None, "sync_bn", False),
+    ("trainer", None, "select_ties", "loss"),  # issue 25
+    ("trainer", None, "grad_norms_every", None),
+    ("dataset", "quantlab.data.vision.", "loader", "torchvision"),  # before device-resident data
+    ("dataset", "quantlab.data.vision.", "val_split", "random"),  # issue 25
+    ("dataset", "quantlab.data.vision.", "val_augment", False),  # issue 25
+    ("dataset", "quantlab.data.embedded.digits", "val_split", "random"),  # issue 25
+    ("method", "quantlab.methods.binaryconnect.BC", "clip", True),
+    ("method", "quantlab.methods.mirror.MDSoftmaxS", "lift_init", "product"),
+    ("method", "quantlab.methods.proxquant.PQ", "name", "pq"),
+    ("ptq", None, "bias", "float"),  # issue 28
+)
+
+
+def ptq_defaults(**given: Any) -> Any:
+    """PTQSettings from conf/ptq_setup/default.yaml (the one source of its defaults), `given` replacing
+    keys: for code and tests that sweep without a run's config."""
+    from quantlab.quant.sweep import PTQSettings
+
+    node = OmegaConf.to_container(compose([]).ptq, resolve=True)
+    return PTQSettings.from_config({**node, **given})  # type: ignore[dict-item]
+
+
+def with_legacy_settings(cfg: DictConfig) -> DictConfig:
+    """An old run's config with the settings added since it ran (LEGACY), as it ran."""
+    with open_dict(cfg):
+        for node, target, key, value in LEGACY:
+            parent = OmegaConf.select(cfg, node, default=None)
+            if not isinstance(parent, DictConfig) or key in parent:
+                continue
+            if target is None or str(parent.get("_target_", "")).startswith(target):
+                parent[key] = value
+    return cfg
+
 
 def override_key(override: str) -> str:
     """`+a.b=1` -> `a.b`."""
@@ -185,7 +230,7 @@ def resume_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple
     dataset.root among them, a QUANTLAB_DATA set now replaces the run's data root (the cluster
     pattern: data copied to node-local scratch by each job)."""
     files = RunDir(run_dir)
-    saved = files.load_config()
+    saved = with_legacy_settings(files.load_config())
     now = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key in MACHINE_KEYS:  # compared apart: a group's subtree may hold them (dataset=cifar10)
         before = OmegaConf.select(saved, key, default=_ABSENT)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from omegaconf import DictConfig
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from quantlab.data.vision import check_present
@@ -19,7 +20,7 @@ from quantlab.errors import ConfigError
 from quantlab.quant.pairs import sweep_pairs
 from quantlab.quant.sweep import PTQSettings
 from quantlab.runs.cmdline import CommandLine
-from quantlab.runs.components import build, load_init
+from quantlab.runs.components import build, load_init, takes
 from quantlab.runs.config import compose, group_options, prepare_train_config
 from quantlab.runs.sweep import wants_sweep
 
@@ -56,6 +57,7 @@ def check_train(overrides: list[str]) -> DictConfig:
 
     cfg = compose_checked(overrides)
     choices = {k: str(v) for k, v in HydraConfig.get().runtime.choices.items()}
+    check_added_keys(overrides, cfg)
     cfg = prepare_train_config(cfg, choices, write_to=None)
     settings, pairs = PTQSettings.from_config(cfg.get("ptq")), sweep_pairs(cfg.bitwidth.get("sweep"))
     resolve_device(str(cfg.device))
@@ -66,6 +68,41 @@ def check_train(overrides: list[str]) -> DictConfig:
     if cfg.get("init_from"):  # read now (safely), so that a refused checkpoint creates no run
         load_init(build(cfg.model), str(cfg.init_from), quiet=True)
     return cfg
+
+
+FREE_NODES = ("hydra", "preset")  # preset.*: an experiment's free parameters, read by interpolation
+
+
+def check_added_keys(overrides: list[str], cfg: DictConfig) -> None:
+    """A key added with `+key=` (or `++key=`) that nothing reads is refused in one line. Keys under a
+    `_target_` node are checked against its callable's parameters when it is built; any other key
+    must be one the configs define (conf/ is the schema)."""
+    line = CommandLine.parse(overrides)
+    for o in line.overrides:
+        key = o.key_or_group
+        if not (o.is_add() or o.is_force_add()) or "." not in key or key.startswith(FREE_NODES):
+            continue
+        parts = key.split(".")
+        node = OmegaConf.select(cfg, ".".join(parts[:-1]), default=None)
+        if isinstance(node, DictConfig) and "_target_" in node:  # a builder's parameter
+            field = parts[0] if len(parts) == 2 else ".".join(parts[:-1])
+            if takes(get_method(str(node["_target_"])), parts[-1]) is False:
+                raise ConfigError(f"{key}: {field} ({node['_target_']}) has no such setting")
+            continue
+        if any(
+            isinstance(up := OmegaConf.select(cfg, ".".join(parts[:i]), default=None), DictConfig)
+            and "_target_" in up
+            for i in range(1, len(parts) - 1)
+        ):
+            continue  # inside a builder's parameter (e.g. method.scope.fc): the builder checks it
+        base = compose(line.without(key).task())
+        if OmegaConf.select(base, key, default=_ABSENT) is _ABSENT:
+            parent = OmegaConf.select(base, ".".join(parts[:-1]), default=None)
+            known = f"; known: {', '.join(map(str, parent.keys()))}" if isinstance(parent, DictConfig) else ""
+            raise ConfigError(f"{key}: no such setting (nothing reads it){known}")
+
+
+_ABSENT = object()
 
 
 def check_dataset_files(node: DictConfig) -> None:
