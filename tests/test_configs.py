@@ -14,7 +14,7 @@ from quantlab.errors import ConfigError
 from quantlab.methods.base import Method
 from quantlab.quant.pairs import parse_sweep
 from quantlab.runs.config import compose, validate_train_config
-from tests.fakedata import WRITERS
+from tests.fakedata import FACTS, WRITERS
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ["dataset", "model", "method", "bitwidth", "schedule", "experiment"]
@@ -35,7 +35,7 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
         overrides.append("bitwidth=binary")  # every weight-quantization method supports binary
     if group == "dataset" and option in WRITERS:
         WRITERS[option](tmp_path)
-        overrides += [f"dataset.root={tmp_path}", "dataset.val_size=6"]
+        overrides += [f"dataset.root={tmp_path}", "dataset.val_size=6", *FACTS.get(option, [])]
         if "verify" in compose(overrides).dataset:
             overrides.append("dataset.verify=false")
     if group == "dataset" and option == "glyphs":  # generated: a small one, cached in the test's directory
@@ -49,7 +49,7 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     validate_train_config(cfg)
     if group == "dataset":
         bundle = instantiate(cfg.dataset)
-        assert bundle.num_classes == cfg.dataset.num_classes or option in ("tinyimagenet", "imagenet")
+        assert bundle.num_classes == cfg.dataset.num_classes
         assert bundle.in_channels == cfg.dataset.in_channels and bundle.image_size == cfg.dataset.image_size
     elif group == "model":
         model = instantiate(cfg.model)

@@ -12,7 +12,7 @@ from quantlab.data import make_loader, split_indices
 from quantlab.data.resident import ResidentImages
 from quantlab.errors import ConfigError, QuantlabError
 from quantlab.runs.config import compose
-from tests.fakedata import WRITERS
+from tests.fakedata import FACTS, WRITERS
 
 # dataset -> (expected train+val size, test size, image shape, classes)
 EXPECT = {
@@ -27,7 +27,13 @@ EXPECT = {
 
 
 def build(name: str, root: Path, *extra: str):
-    overrides = [f"dataset={name}", f"dataset.root={root}", "dataset.val_size=6", *extra]
+    overrides = [
+        f"dataset={name}",
+        f"dataset.root={root}",
+        "dataset.val_size=6",
+        *FACTS.get(name, []),
+        *extra,
+    ]
     if name in ("cifar10", "cifar100", "svhn"):
         overrides.append("dataset.verify=false")  # md5 sums are those of the real downloads
     return instantiate(compose(overrides).dataset)

@@ -337,27 +337,34 @@ def test_read_only_locations_are_one_line(workdir, trained, interrupted):  # noq
     assert "wrote" in table.stdout
 
 
+def _hooked(workdir: Path, code: str) -> dict[str, str]:
+    """The CLI's environment with `code` run at interpreter start (a sitecustomize module): how the
+    tests put a fault where only the operating system could (a signal inside fsync, a full disk)."""
+    hook = workdir / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(code)
+    env = cli_env(workdir)
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+    return env
+
+
 # -- 6. a second Ctrl-C inside atomic_write's fsync ----------------------------------------------
 
 
 def test_a_second_ctrl_c_inside_fsync_is_one_line(workdir):
     """The first SIGINT (sent from inside an fsync) asks the trainer to stop at the next step; the
     second lands inside the fsync of the stop's own writes: one line, exit 130, every file whole."""
-    hook = workdir / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
+    env = _hooked(
+        workdir,
         "import os, signal\n"
         "_fsync, _calls = os.fsync, [0]\n"
         "def fsync(fd):\n"
         "    _fsync(fd)\n"
         "    _calls[0] += 1\n"
-        "    if _calls[0] >= int(os.environ['QL_SIGINT_FROM_FSYNC']):\n"
+        "    if _calls[0] >= 3:\n"
         "        os.kill(os.getpid(), signal.SIGINT)\n"
-        "os.fsync = fsync\n"
+        "os.fsync = fsync\n",
     )
-    env = cli_env(workdir)
-    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
-    env["QL_SIGINT_FROM_FSYNC"] = "3"
     run = workdir / "run"
     proc = quantlab(
         "train",
@@ -381,17 +388,14 @@ def test_a_second_ctrl_c_inside_fsync_is_one_line(workdir):
 
 
 def test_a_full_disk_while_hydra_starts_the_run_is_one_line_and_recorded(workdir):
-    hook = workdir / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
+    env = _hooked(
+        workdir,
         "import errno, os\n"
         "import hydra.core.utils as u\n"
         "def _save_config(cfg, filename, output_dir):\n"
         "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output_dir / filename))\n"
-        "u._save_config = _save_config\n"
+        "u._save_config = _save_config\n",
     )
-    env = cli_env(workdir)
-    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
     run = workdir / "run"
     proc = quantlab("train", *FAST, f"hydra.run.dir={run}", cwd=workdir, check=False, env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr

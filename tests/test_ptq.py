@@ -346,12 +346,14 @@ def test_ignoring_higher_bits_keeps_the_trained_grid_exactly():
 )
 def test_settings_errors_name_the_field(change, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        PTQSettings.from_config(change)
+        ptq_defaults(**change)
 
 
-def test_settings_defaults_are_the_yaml():
-    cfg = compose([])
-    assert PTQSettings.from_config(cfg.ptq) == ptq_defaults()
+def test_a_ptq_config_without_a_setting_is_refused_naming_it():
+    node = dict(compose([]).ptq)
+    del node["bn_n"]
+    with pytest.raises(ConfigError, match=r"^ptq\.bn_n: missing"):
+        PTQSettings.from_config(node)
 
 
 @settings(max_examples=60, deadline=None)

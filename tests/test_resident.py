@@ -16,7 +16,7 @@ from quantlab.data.resident import Augment, ImageStore, ResidentImages, augment_
 from quantlab.runs.components import build
 from quantlab.runs.config import compose
 from tests.conftest import make_trainer
-from tests.fakedata import WRITERS
+from tests.fakedata import FACTS, WRITERS
 
 FIXED_SIZE = ["cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "tinyimagenet"]
 
@@ -24,6 +24,7 @@ FIXED_SIZE = ["cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "tinyimag
 def bundle(name: str, root: Path, loader: str, *extra: str):
     """The dataset, built as `quantlab train` builds it (a builder's check is a one-line error)."""
     overrides = [f"dataset={name}", f"dataset.root={root}", "dataset.val_size=6", f"dataset.loader={loader}"]
+    overrides += FACTS.get(name, [])
     if name in ("cifar10", "cifar100", "svhn"):
         overrides.append("dataset.verify=false")
     return build(compose([*overrides, *extra]).dataset, "dataset")
@@ -164,8 +165,11 @@ def test_a_config_from_before_resident_data_keeps_the_torchvision_loader(tmp_pat
 
     root = WRITERS["cifar10"](tmp_path / "data")
     overrides = ["dataset=cifar10", f"dataset.root={root}", "dataset.verify=false", "dataset.val_size=6"]
-    cfg = compose(overrides).dataset
-    assert isinstance(build(cfg, "dataset").train, ResidentImages)  # today's default: auto
+    from quantlab.runs.config import with_legacy_settings
+
+    cfg = compose(overrides)
+    assert isinstance(build(cfg.dataset, "dataset").train, ResidentImages)  # today's default: auto
     with open_dict(cfg):
-        del cfg["loader"]
-    assert not isinstance(build(cfg, "dataset").train, ResidentImages)
+        del cfg.dataset["loader"]
+    old = with_legacy_settings(cfg)  # what resume, ptq and export do with a run's config.yaml
+    assert not isinstance(build(old.dataset, "dataset").train, ResidentImages)

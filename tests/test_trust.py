@@ -399,17 +399,23 @@ def test_a_multirun_with_a_bad_job_runs_nothing(workdir):
 
 
 def test_cifar_files_that_fail_their_checksum_or_are_truncated_are_named(tmp_path):
-    from quantlab.data.vision import DatasetMissing, cifar10
+    from quantlab.data.vision import DatasetMissing
+    from quantlab.runs.components import build
+    from quantlab.runs.config import compose
     from tests.fakedata import write_cifar10
 
     root = write_cifar10(tmp_path / "data")
+
+    def cifar10(*extra: str):
+        return build(compose(["dataset=cifar10", f"dataset.root={root}", *extra]).dataset, "dataset")
+
     batch = root / "cifar-10-batches-py" / "data_batch_1"
     with pytest.raises(DatasetMissing, match=f"{batch} fails torchvision's md5 checksum"):
-        cifar10(root=str(root))  # the test-written files are not the real ones: their md5 differs
+        cifar10()  # the test-written files are not the real ones: their md5 differs
     third = root / "cifar-10-batches-py" / "data_batch_3"
     third.write_bytes(third.read_bytes()[:100])
     with pytest.raises(DatasetMissing, match=f"{third} cannot be read .*truncated or corrupt"):
-        cifar10(root=str(root), verify=False)
+        cifar10("dataset.verify=false")
 
 
 # -- 6. data that moved can be resumed; the experiment cannot change ---------------------------------------

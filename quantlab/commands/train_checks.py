@@ -12,6 +12,7 @@ import sys
 
 from omegaconf import OmegaConf
 
+from quantlab.data.vision import DatasetMissing
 from quantlab.engine import checkpoint, lock
 from quantlab.engine.files import write_json_atomic
 from quantlab.engine.rundir import RunDir
@@ -153,7 +154,7 @@ def sweep_args(line: CommandLine, resume: str | None) -> list[str]:
         shown = " ".join(o for o in job if not o.startswith("resume="))
         try:
             check_train(job)
-        except MissingSetting as e:  # this job alone will fail, with this line; the others run
+        except (MissingSetting, DatasetMissing) as e:  # this job alone will fail, with this line
             print(f"quantlab train: warning: job {num} ({shown}): {e}", file=sys.stderr)
         except ConfigError as e:
             raise ConfigError(f"job {num} ({shown}): {e}") from None

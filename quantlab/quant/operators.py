@@ -5,6 +5,8 @@ method, holding what each part needs of it (Brevitas keeps its export handlers t
   (quant.sites walks back from a site to the batch norm that bounds it): "pass" keeps the range
   (pooling, flatten, view, dropout, identity), "clamp" clips it to `clamp` (ReLU, ReLU6), "other"
   ends the walk (the site gets a range from calibration data).
+- `homogeneous`: f(s·x) = s·f(x) for a positive scale per channel (ReLU, pooling, dropout, identity),
+  so that cross-layer equalization (quant.equalize) may rescale channels through it.
 - `onnx`: its ONNX writer, `onnx(writer, node, module) -> output name`, on quant.onnx_graph's
   GraphWriter (None: no ONNX form; the export refuses it in one line, naming it).
 
@@ -37,6 +39,7 @@ class Operator:
     range: str = "other"  # pass | clamp | other
     clamp: Range | None = None
     onnx: Writer | None = None
+    homogeneous: bool = False
 
 
 MODULES: dict[type, Operator] = {}
@@ -45,16 +48,20 @@ METHODS: dict[str, Operator] = {}
 
 
 def register(
-    *keys: Any, range: str = "other", clamp: Range | None = None, onnx: Writer | None = None
+    *keys: Any,
+    range: str = "other",
+    clamp: Range | None = None,
+    onnx: Writer | None = None,
+    homogeneous: bool = False,
 ) -> None:
     """One entry for each key: a module class, a function, or a Tensor method's name."""
     for key in keys:
         if isinstance(key, str):
-            METHODS[key] = Operator(f"Tensor.{key}", range, clamp, onnx)
+            METHODS[key] = Operator(f"Tensor.{key}", range, clamp, onnx, homogeneous)
         elif isinstance(key, type):
-            MODULES[key] = Operator(key.__name__, range, clamp, onnx)
+            MODULES[key] = Operator(key.__name__, range, clamp, onnx, homogeneous)
         else:
-            FUNCTIONS[key] = Operator(getattr(key, "__name__", str(key)), range, clamp, onnx)
+            FUNCTIONS[key] = Operator(getattr(key, "__name__", str(key)), range, clamp, onnx, homogeneous)
 
 
 def operator_of(node: Node, modules: dict[str, nn.Module]) -> Operator | None:
@@ -113,8 +120,8 @@ def _adaptive(maximum: bool) -> Writer:
 register(nn.Conv2d, onnx=lambda w, node, m: w.conv(_x(w, node), str(node.target), m))
 register(nn.Linear, onnx=lambda w, node, m: w.linear(_x(w, node), str(node.target), m))
 register(nn.BatchNorm1d, nn.BatchNorm2d, onnx=lambda w, node, m: w.batch_norm(_x(w, node), m))
-register(nn.ReLU, range="clamp", clamp=(0.0, math.inf), onnx=_relu)
-register(torch.relu, F.relu, "relu", range="clamp", clamp=(0.0, math.inf), onnx=_relu)
+register(nn.ReLU, range="clamp", clamp=(0.0, math.inf), onnx=_relu, homogeneous=True)
+register(torch.relu, F.relu, "relu", range="clamp", clamp=(0.0, math.inf), onnx=_relu, homogeneous=True)
 register(nn.ReLU6, range="clamp", clamp=(0.0, 6.0), onnx=lambda w, node, m: w.clip(_x(w, node), 0.0, 6.0))
 register(
     nn.Hardtanh, onnx=lambda w, node, m: w.clip(_x(w, node), float(m.min_val), float(m.max_val))
@@ -123,13 +130,18 @@ register(
     nn.LeakyReLU,
     onnx=lambda w, node, m: w.node("LeakyRelu", [_x(w, node)], "leaky_relu", alpha=float(m.negative_slope)),
 )
-register(nn.MaxPool2d, nn.AvgPool2d, range="pass", onnx=lambda w, node, m: w.pool(_x(w, node), m))
-register(nn.AdaptiveAvgPool2d, range="pass", onnx=_adaptive(False))
-register(nn.AdaptiveMaxPool2d, onnx=_adaptive(True))  # a max of a range: kept, but not walked
-register(F.adaptive_avg_pool2d, range="pass", onnx=_adaptive(False))
+register(
+    nn.MaxPool2d, nn.AvgPool2d, range="pass", onnx=lambda w, node, m: w.pool(_x(w, node), m), homogeneous=True
+)
+register(nn.AdaptiveAvgPool2d, range="pass", onnx=_adaptive(False), homogeneous=True)
+register(
+    nn.AdaptiveMaxPool2d, onnx=_adaptive(True), homogeneous=True
+)  # a max of a range: kept, but not walked
+register(F.adaptive_avg_pool2d, range="pass", onnx=_adaptive(False), homogeneous=True)
 register(nn.Flatten, range="pass", onnx=_flatten_module)
 register(torch.flatten, "flatten", range="pass", onnx=_flatten_call)
-register(nn.Dropout, nn.Identity, "contiguous", range="pass", onnx=_identity)
+register(nn.Dropout, nn.Identity, "contiguous", range="pass", onnx=_identity, homogeneous=True)
 register(operator.add, torch.add, onnx=_add)
 # range-preserving operators the export has no form for (the PTQ sites still walk through them)
-register(torch.reshape, F.max_pool2d, F.avg_pool2d, F.dropout, "view", "reshape", range="pass")
+register(torch.reshape, "view", "reshape", range="pass")
+register(F.max_pool2d, F.avg_pool2d, F.dropout, range="pass", homogeneous=True)

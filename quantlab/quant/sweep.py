@@ -38,6 +38,8 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node, symbolic_trace
 
 from quantlab.errors import ConfigError
+from quantlab.quant.adaround import AdaRoundSettings
+from quantlab.quant.algorithms import ROUNDINGS, TRANSFORMS, Build, corrections, layer_inputs
 from quantlab.quant.fold import fold_batch_norm
 from quantlab.quant.layers import WEIGHT_LAYERS
 from quantlab.quant.pairs import Pair, check_bits
@@ -50,7 +52,7 @@ from quantlab.quant.ranges import (
     percentile_range,
 )
 from quantlab.quant.sites import PLACEMENTS, ActQuant, Site, instrument
-from quantlab.quant.uniform import Codes, activation_grid, tensor_codes
+from quantlab.quant.uniform import Codes, activation_grid
 
 log = logging.getLogger("quantlab")
 
@@ -85,6 +87,10 @@ class PTQSettings:
     higher_bits: str
     trained_bits: list | None
     bias: str
+    weight_rounding: str  # quant.algorithms.ROUNDINGS: nearest | adaround
+    bias_correction: bool
+    equalize: bool
+    adaround: dict  # quant.adaround.AdaRoundSettings
 
     def __post_init__(self) -> None:
         def choice(key: str, allowed: Sequence[Any]) -> None:
@@ -99,6 +105,11 @@ class PTQSettings:
         choice("act_fallback", RANGES[1:])
         choice("higher_bits", HIGHER_BITS)
         choice("bias", BIASES)
+        choice("weight_rounding", tuple(ROUNDINGS))
+        choice("bias_correction", (True, False))
+        choice("equalize", (True, False))
+        self.adaround = dict(self.adaround)
+        AdaRoundSettings.from_config(self.adaround)
         for key in ("weight_per_channel", "weight_symmetric", "act_symmetric", "quantize_network_input"):
             choice(key, (True, False))
         if not isinstance(self.bn_n, (int, float)) or isinstance(self.bn_n, bool) or self.bn_n <= 0:
@@ -128,6 +139,8 @@ class PTQSettings:
             raise ConfigError(f"ptq.{missing[0]}: missing (conf/ptq_setup/default.yaml sets every ptq key)")
         if data.get("trained_bits") is not None:
             data["trained_bits"] = list(data["trained_bits"])
+        if data.get("adaround") is not None:
+            data["adaround"] = dict(data["adaround"])
         return cls(**data)
 
 
@@ -173,18 +186,6 @@ def plan(
 
 
 @torch.no_grad()
-def quantize_weights(model: nn.Module, bits: int, per_channel: bool, symmetric: bool) -> dict[str, Codes]:
-    """Round every conv / linear weight to the grid in place (biases untouched); returns each layer's
-    integer codes (what the export stores)."""
-    codes = {}
-    for name, module in model.named_modules():
-        if isinstance(module, WEIGHT_LAYERS):
-            codes[name] = tensor_codes(module.weight.detach(), bits, symmetric, 0 if per_channel else None)
-            module.weight.copy_(codes[name].dequantize())
-    return codes
-
-
-@torch.no_grad()
 def round_biases_to_accumulator(model: GraphModule, codes: dict[str, Codes]) -> list[str]:
     """`ptq.bias=int32`: every conv / linear bias whose layer reads an activation grid, rounded (half
     to even) to the accumulator grid s_x·s_w of its output channel, in place; returns those layers."""
@@ -223,11 +224,30 @@ class PTQSweep:
         else:
             _folded = {}
             self.base = symbolic_trace(copy.deepcopy(network).eval())
+        for transform in TRANSFORMS:  # e.g. cross-layer equalization, on the folded network
+            if getattr(settings, transform.setting):
+                transform.apply(self.base, _folded)
         self.sites: list[Site] = instrument(
             self.base, _folded, settings.act_placement, settings.quantize_network_input
         )
         self.observers: dict[str, RangeObserver] = {}
         self._ranges: dict[tuple[str, int | None], Range] = {}
+        self.images = torch.empty(0)  # calibration images kept for AdaRound / bias correction
+        self._float_inputs: dict[str, Tensor] = {}
+        self._codes: dict[Variant, dict[str, Codes]] = {}
+
+    def images_wanted(self) -> int:
+        """Calibration images the algorithms need (0: none; -1: those of the calibration batches)."""
+        s = self.settings
+        if s.weight_rounding == "adaround":
+            return int(s.adaround["samples"])
+        return -1 if s.bias_correction else 0
+
+    def float_inputs(self, name: str, images: Tensor) -> Tensor:
+        """Layer `name`'s input in the float network for the kept calibration images (cached)."""
+        if name not in self._float_inputs or len(self._float_inputs[name]) != len(images):
+            self._float_inputs[name] = layer_inputs(self.base, name, images)
+        return self._float_inputs[name]
 
     def needs_data(self) -> list[Site]:
         """Sites whose range comes from calibration data."""
@@ -237,9 +257,11 @@ class PTQSweep:
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[tuple[Tensor, Tensor]]) -> int:
-        """Observe the float network's activations at the sites that need data; returns batches used."""
-        todo = self.needs_data()
-        if not todo:
+        """Observe the float network's activations at the sites that need data, and keep the images
+        the algorithms need (AdaRound's samples, or the calibration batches for bias correction);
+        returns the batches used."""
+        todo, wanted = self.needs_data(), self.images_wanted()
+        if not todo and not wanted:
             return 0
         n = self.settings.calibration_batches
         per_batch = -(-self.settings.calibration_samples // n)
@@ -247,18 +269,26 @@ class PTQSweep:
         for i, site in enumerate(todo):
             self.observers[site.name] = RangeObserver(self.settings.calibration_samples, per_batch, seed=i)
             modules[site.name].observer = self.observers[site.name]
-        used = 0
+        used, kept = 0, []
         try:
             for x, _ in batches:
-                self.base(x)
+                if used < n and todo:
+                    self.base(x)
+                    if used + 1 == n:
+                        for site in todo:
+                            modules[site.name].observer = None
+                if used < n or sum(len(k) for k in kept) < wanted:
+                    kept.append(x)
                 used += 1
-                if used >= n:
+                if used >= n and sum(len(k) for k in kept) >= wanted:
                     break
         finally:
             for site in todo:
                 modules[site.name].observer = None
         if used == 0:
             raise ConfigError("ptq: no calibration batch (the training split is empty)")
+        if wanted:
+            self.images = torch.cat(kept)[: wanted if wanted > 0 else None]
         return used
 
     def site_range(self, site: Site, bits: int) -> Range:
@@ -285,10 +315,10 @@ class PTQSweep:
         return value
 
     def build(self, variant: Variant) -> nn.Module:
-        """A quantized copy: weights at variant.weight_bits, activation grids at variant.act_bits."""
+        """A quantized copy: activation grids at variant.act_bits, weights rounded at
+        variant.weight_bits by `ptq.weight_rounding`, then the corrections (quant.algorithms)."""
         model = copy.deepcopy(self.base)
         s = self.settings
-        codes = quantize_weights(model, variant.weight_bits, s.weight_per_channel, s.weight_symmetric)
         modules = dict(model.named_modules())
         for site in self.sites:
             quant: ActQuant = modules[site.name]  # type: ignore[assignment]
@@ -297,16 +327,21 @@ class PTQSweep:
             else:
                 lo, hi = self.site_range(site, variant.act_bits)
                 quant.grid = activation_grid(lo, hi, variant.act_bits, s.act_symmetric)
-        if variant.int32_bias:
-            round_biases_to_accumulator(model, codes)
+        build = Build(self, model, variant)
+        rounding = ROUNDINGS[s.weight_rounding]
+        if rounding.needs_data and not len(self.images):
+            raise RuntimeError(f"ptq.weight_rounding={s.weight_rounding} needs calibrate() first")
+        rounding.round(build)
+        for correction in corrections(build):
+            correction.apply(build)
+        self._codes[variant] = build.codes
         return model.eval()
 
     def weight_codes(self, variant: Variant) -> dict[str, Codes]:
-        """The integer codes of every conv / linear weight of `variant` (those `build` puts in place)."""
-        s = self.settings
-        return quantize_weights(
-            copy.deepcopy(self.base), variant.weight_bits, s.weight_per_channel, s.weight_symmetric
-        )
+        """The integer codes of every conv / linear weight of `variant`, as `build` put them in place."""
+        if variant not in self._codes:
+            self.build(variant)
+        return self._codes[variant]
 
 
 @torch.no_grad()

@@ -40,12 +40,16 @@ def build(node: DictConfig, field: str | None = None) -> Any:
             raise ConfigError(str(cause)) from None
         extra = _settings_not_taken(node) if isinstance(cause, TypeError) and field else []
         if extra:
-            target = str(node.get("_target_", "?"))
-            raise MissingSetting(
-                f"{field}.{extra[0]}: {field}={_choice(field) or target} has no such setting ({target} "
-                f"takes none called {extra[0]!r}); drop it for this {field}"
-            ) from None
+            raise not_taken(field, str(node.get("_target_", "?")), extra[0]) from None  # type: ignore[arg-type]
         raise
+
+
+def not_taken(field: str, target: str, key: str) -> MissingSetting:
+    """The one line for a setting `key` of the `field` node (method, dataset, ...) its builder lacks."""
+    return MissingSetting(
+        f"{field}.{key}: {field}={_choice(field) or target} has no such setting ({target} takes none "
+        f"called {key!r}); drop it for this {field}"
+    )
 
 
 def takes(target: Any, key: str) -> bool | None:

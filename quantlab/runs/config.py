@@ -187,6 +187,10 @@ LEGACY: tuple[tuple[str, str | None, str, Any], ...] = (
     ("method", "quantlab.methods.mirror.MDSoftmaxS", "lift_init", "product"),
     ("method", "quantlab.methods.proxquant.PQ", "name", "pq"),
     ("ptq", None, "bias", "float"),  # issue 28
+    ("ptq", None, "weight_rounding", "nearest"),  # issue 28
+    ("ptq", None, "bias_correction", False),  # issue 28
+    ("ptq", None, "equalize", False),  # issue 28
+    ("ptq", None, "adaround", "today's"),  # issue 28: unused by such a run; conf/'s own values
 )
 
 
@@ -207,7 +211,7 @@ def with_legacy_settings(cfg: DictConfig) -> DictConfig:
             if not isinstance(parent, DictConfig) or key in parent:
                 continue
             if target is None or str(parent.get("_target_", "")).startswith(target):
-                parent[key] = value
+                parent[key] = compose([]).ptq[key] if value == "today's" else value
     return cfg
 
 

@@ -20,7 +20,7 @@ from quantlab.errors import ConfigError
 from quantlab.quant.pairs import sweep_pairs
 from quantlab.quant.sweep import PTQSettings
 from quantlab.runs.cmdline import CommandLine
-from quantlab.runs.components import build, load_init, takes
+from quantlab.runs.components import build, load_init, not_taken, takes
 from quantlab.runs.config import compose, group_options, prepare_train_config
 from quantlab.runs.sweep import wants_sweep
 
@@ -87,7 +87,7 @@ def check_added_keys(overrides: list[str], cfg: DictConfig) -> None:
         if isinstance(node, DictConfig) and "_target_" in node:  # a builder's parameter
             field = parts[0] if len(parts) == 2 else ".".join(parts[:-1])
             if takes(get_method(str(node["_target_"])), parts[-1]) is False:
-                raise ConfigError(f"{key}: {field} ({node['_target_']}) has no such setting")
+                raise not_taken(field, str(node["_target_"]), parts[-1])
             continue
         if any(
             isinstance(up := OmegaConf.select(cfg, ".".join(parts[:i]), default=None), DictConfig)
