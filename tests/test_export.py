@@ -309,3 +309,23 @@ def test_int32_bias_rounds_each_bias_to_its_accumulator_grid():
         assert isinstance(modules[site], ActQuant) and modules[site].grid == plain_modules[site].grid
     floats = sweep.build(Variant(4, None, int32_bias=True))  # activations in float: no grid, no rounding
     assert torch.equal(dict(floats.named_modules())["0"].bias, plain_modules["0"].bias)
+
+
+def test_an_adaround_variant_is_exported_with_the_codes_the_sweep_learned(tmp_path):
+    """Export asks the sweep for the variant's codes: with ptq.weight_rounding=adaround they are the
+    learned ones (not round-to-nearest), checked bit for bit against the network it evaluates."""
+    from quantlab.runs.config import ptq_defaults as defaults
+    from quantlab.runs.export import export_network
+
+    trainer, network = _trained(tmp_path, ["model=small_cnn"], 30)
+    fast = {**defaults().adaround, "iterations": 50, "samples": 128}
+    settings = defaults(weight_rounding="adaround", adaround=fast)
+    record = export_network(network, trainer.method, trainer.data, (4, 8), settings, tmp_path / "out")
+    _check(record, (4, 8), STRICT)
+    assert record["ptq"]["weight_rounding"] == "adaround"
+    export_network(network, trainer.method, trainer.data, (4, 8), defaults(), tmp_path / "near")
+    learned, plain = (
+        _onnx_weights(tmp_path / "out" / "model.onnx"),
+        _onnx_weights(tmp_path / "near" / "model.onnx"),
+    )
+    assert learned.keys() == plain.keys() and any(not np.array_equal(learned[k], plain[k]) for k in learned)

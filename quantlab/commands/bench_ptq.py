@@ -7,6 +7,8 @@ evaluation) and the sweep as `quantlab ptq` runs it (the float network evaluated
 Reported, as medians over rounds of ratios taken within a round:
   sweep / (K x float eval)   with the calibration pass excluded (it is reported separately),
   calibration / float eval,  and the `quantlab ptq` sweep / (K x float eval).
+With `--algorithms`, one row per PTQ algorithm (nearest, adaround in the fast setting of
+conf/ptq_setup/default.yaml, bias_correction, equalize): what each adds to the sweep, in the same units.
 """
 
 from __future__ import annotations
@@ -67,10 +69,31 @@ def _timed(device: torch.device, fn, *args, **kwargs):
     return time.perf_counter() - started, out
 
 
+def algorithm_settings(name: str, args: argparse.Namespace):
+    """The ptq settings of one algorithm row (the others at their defaults)."""
+    given: dict = {
+        "nearest": {},
+        "adaround": {
+            "weight_rounding": "adaround",
+            "adaround": {**ptq_defaults().adaround, "iterations": args.adaround_iterations, "samples": 256},
+        },
+        "bias_correction": {"bias_correction": True},
+        "equalize": {"equalize": True},
+    }[name]
+    return ptq_defaults(act_range=args.act_range, calibration_batches=args.calibration_batches, **given)
+
+
 def run(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for algorithm in args.algorithms:
+        for row in run_algorithm(args, algorithm_settings(algorithm, args)):
+            rows.append({**row, "algorithm": algorithm})
+    return rows
+
+
+def run_algorithm(args: argparse.Namespace, settings) -> list[dict]:
     pairs = [_parse_pair(p) for p in args.pairs]
     k = len(pairs)
-    settings = ptq_defaults(act_range=args.act_range, calibration_batches=args.calibration_batches)
     rows = []
     for model in args.model:
         net, calib, test, device = _setup(model, args)
@@ -103,6 +126,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 def print_results(rows: list[dict], args: argparse.Namespace) -> None:
     columns = {
         "model": lambda r: r["model"],
+        "algorithm": lambda r: r["algorithm"],
         "device": lambda r: r["device"],
         "float eval (s)": lambda r: f"{r['float_eval_s']:.3f}",
         "sweep / K evals": lambda r: f"{r['sweep_over_k_evals']:.2f}x",
@@ -110,7 +134,7 @@ def print_results(rows: list[dict], args: argparse.Namespace) -> None:
         "ptq cmd / K evals": lambda r: f"{r['ptq_command_over_k_evals']:.2f}x",
     }
     title = f"quantlab bench ptq — {len(args.pairs)} pairs, act_range={args.act_range}"
-    print_rows(title, columns, rows, left=("model", "device"))
+    print_rows(title, columns, rows, left=("model", "algorithm", "device"))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -120,6 +144,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--pairs", nargs="+", default=["8,8", "6,6", "4,4", "3,3", "2,2"], help="w,a pairs (a: fp = float)"
     )
     p.add_argument("--act-range", default="bn", choices=["bn", "minmax", "percentile", "mse"])
+    p.add_argument(
+        "--algorithms",
+        nargs="+",
+        default=["nearest"],
+        choices=["nearest", "adaround", "bias_correction", "equalize"],
+        help="one row per PTQ algorithm",
+    )
+    p.add_argument("--adaround-iterations", type=int, default=1000, help="AdaRound steps per layer")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--test-size", type=int, default=2048)
     p.add_argument("--image-size", type=int, default=32)
