@@ -169,6 +169,7 @@ def test_a_resume_of_a_live_run_before_its_first_checkpoint_names_the_holder(wor
     proc = start(
         "train",
         "schedule.epochs=50",
+        "trainer.checkpoint_every=1000",
         "trainer.checkpoint_every_steps=100000",
         f"hydra.run.dir={run}",
         cwd=workdir,
@@ -314,6 +315,7 @@ def _one_line_exit_2(proc, *words: str) -> None:
     assert all(w in line for w in words), line
 
 
+@pytest.mark.slow
 def test_read_only_locations_are_one_line(workdir, trained, interrupted):  # noqa: F811
     runs = workdir / "ro"
     runs.mkdir()
@@ -422,6 +424,7 @@ def _ranks_of(run: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 def test_ctrl_c_of_a_multi_process_run_is_exit_130_without_torchrun_tracebacks(workdir):
     run = workdir / "run"
     proc = start("train", *DEVICES, f"hydra.run.dir={run}", cwd=workdir, start_new_session=True)
@@ -433,6 +436,7 @@ def test_ctrl_c_of_a_multi_process_run_is_exit_130_without_torchrun_tracebacks(w
     assert results(run)["status"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_a_rank_killed_with_sigkill_is_one_line_without_torchrun_reports(workdir):
     run = workdir / "run"
     proc = start("train", *DEVICES, f"hydra.run.dir={run}", cwd=workdir, start_new_session=True)

@@ -227,3 +227,18 @@ def test_an_algorithm_is_chosen_by_its_setting_and_unknown_ones_are_named():
         ptq_defaults(adaround={**ptq_defaults().adaround, "iterations": -1})
     with pytest.raises(ConfigError, match="ptq.adaround.momentum: unknown setting"):
         ptq_defaults(adaround={**ptq_defaults().adaround, "momentum": 0.9})
+
+
+def test_bench_ptq_prices_each_algorithm_against_a_plain_sweep():
+    from quantlab.commands.bench_ptq import parse_args, run
+
+    args = parse_args(
+        ["--model", "small_cnn", "--pairs", "4,8", "--rounds", "1", "--test-size", "256", "--image-size", "8"]
+        + ["--batch-size", "64", "--algorithms", "nearest", "adaround", "bias_correction", "equalize"]
+        + ["--adaround-iterations", "20"]
+    )
+    rows = {r["algorithm"]: r for r in run(args)}
+    assert set(rows) == {"nearest", "adaround", "bias_correction", "equalize"}
+    assert rows["nearest"]["over_nearest"] == pytest.approx(1.0)
+    assert rows["adaround"]["over_nearest"] > 1.0  # it learns, layer by layer
+    assert all(r["sweep_over_k_evals"] > 0 for r in rows.values())

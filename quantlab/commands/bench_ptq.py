@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     for algorithm in args.algorithms:
         for row in run_algorithm(args, algorithm_settings(algorithm, args)):
             rows.append({**row, "algorithm": algorithm})
+    plain = {r["model"]: r["sweep_over_k_evals"] for r in rows if r["algorithm"] == "nearest"}
+    for r in rows:  # the algorithm's sweep as a ratio to a plain (round-to-nearest) one, per pair
+        r["over_nearest"] = r["sweep_over_k_evals"] / plain[r["model"]] if r["model"] in plain else None
     return rows
 
 
@@ -132,6 +135,7 @@ def print_results(rows: list[dict], args: argparse.Namespace) -> None:
         "sweep / K evals": lambda r: f"{r['sweep_over_k_evals']:.2f}x",
         "calibration / eval": lambda r: f"{r['calibration_over_eval']:.2f}x",
         "ptq cmd / K evals": lambda r: f"{r['ptq_command_over_k_evals']:.2f}x",
+        "sweep / nearest's": lambda r: "—" if r.get("over_nearest") is None else f"{r['over_nearest']:.1f}x",
     }
     title = f"quantlab bench ptq — {len(args.pairs)} pairs, act_range={args.act_range}"
     print_rows(title, columns, rows, left=("model", "algorithm", "device"))
