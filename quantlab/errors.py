@@ -63,6 +63,24 @@ class Interrupted(QuantlabError):
         self.exit_code = 128 + signum
 
 
+#: The stop signal this process received while a command ran (runs.training.StopOnSignals sets it):
+#: an error raised after it is how the stop surfaced (e.g. inside an import that Hydra wraps), so it
+#: is reported as the interruption it is (`as_interruption`).
+STOP_SIGNAL: list[int] = []
+
+
+def as_interruption(error: BaseException) -> Interrupted | None:
+    """`error` as the Interrupted it stands for, when a stop signal arrived; else None."""
+    if isinstance(error, Interrupted):
+        return error
+    if not STOP_SIGNAL:
+        return None
+    import signal
+
+    signum = STOP_SIGNAL[-1]
+    return Interrupted(f"stopped by {signal.Signals(signum).name}", signum)
+
+
 def check_positive(value: Any, field: str, integer: bool) -> None:
     """A count or rate must be an integer (or a number) > 0; None passes (unset)."""
     if value is None:

@@ -448,3 +448,26 @@ def test_a_rank_killed_with_sigkill_is_one_line_without_torchrun_reports(workdir
     assert proc.returncode == 1, err
     assert "ChildFailedError" not in err and "Traceback" not in err, err
     assert any("killed by SIGKILL" in line for line in error_lines(err)), err
+
+
+def test_a_stop_signal_that_surfaces_as_another_error_is_an_interruption(tmp_path):
+    """A Ctrl-C that lands inside an import Hydra wraps (or any library that re-raises) still ends the
+    command as interrupted: results.json says so and the error raised is the Interrupted."""
+    from quantlab.errors import STOP_SIGNAL, Interrupted
+    from quantlab.runs.results import recorded
+
+    path, record = tmp_path / "results.json", {}
+    STOP_SIGNAL[:] = [signal.SIGINT]
+    try:
+        with (
+            pytest.raises(Interrupted, match="stopped by SIGINT") as raised,
+            recorded(path, record, time.perf_counter()),
+        ):
+            raise ImportError("module 'quantlab.data' has no attribute 'embedded'")
+    finally:
+        STOP_SIGNAL.clear()
+    assert raised.value.exit_code == 130
+    assert json.loads(path.read_text())["status"] == "interrupted"
+    with pytest.raises(ImportError), recorded(path, record, time.perf_counter()):  # no signal: a failure
+        raise ImportError("a real one")
+    assert json.loads(path.read_text())["status"] == "failed"

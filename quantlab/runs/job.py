@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from quantlab.engine import distributed
 from quantlab.engine.console import fail
 from quantlab.engine.rundir import RunDir
-from quantlab.errors import ConfigError, Interrupted, QuantlabError
+from quantlab.errors import ConfigError, Interrupted, QuantlabError, as_interruption
 from quantlab.runs.cmdline import CommandLine
 
 
@@ -87,6 +87,9 @@ def run_command(
     except KeyboardInterrupt:  # a second Ctrl-C, after the first one's orderly stop began
         fail(command, "stopped by a second Ctrl-C (what was written is complete)", 130, "interrupted")
     except Exception as e:
+        stop = as_interruption(e)  # a stop signal that surfaced as another error
+        if stop is not None:
+            fail(command, stop, stop.exit_code, "interrupted")
         if not Job.current().multirun:
             raise
         return failed_job(command, e)

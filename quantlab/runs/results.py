@@ -26,7 +26,7 @@ from typing import Any
 
 from quantlab.engine import distributed
 from quantlab.engine.files import write_json_atomic
-from quantlab.errors import QuantlabError, WriteFailed
+from quantlab.errors import QuantlabError, WriteFailed, as_interruption
 
 
 def new_session(start_step: int | None = None) -> dict[str, Any]:
@@ -63,10 +63,11 @@ def recorded(path: Path, results: dict[str, Any], started: float) -> Iterator[di
     session = new_session()
     results["status"] = "running"
     results.setdefault("sessions", []).append(session)
-    write_json_atomic(path, results)
-    try:
+    try:  # a signal that lands while the first write is finishing is recorded too
+        write_json_atomic(path, results)
         yield results
-    except BaseException as e:
+    except BaseException as raised:
+        e = as_interruption(raised) or raised  # a stop signal that surfaced as another error
         if isinstance(e, QuantlabError):
             status, error = e.status, str(e)
         elif isinstance(e, KeyboardInterrupt):
@@ -77,6 +78,8 @@ def recorded(path: Path, results: dict[str, Any], started: float) -> Iterator[di
         session.update(status=status, wall_s=time.perf_counter() - started)
         with contextlib.suppress(WriteFailed):
             write_json_atomic(path, results)
+        if e is not raised:
+            raise e from None
         raise
     session.update(status=results["status"], wall_s=time.perf_counter() - started)
     write_json_atomic(path, results)

@@ -22,7 +22,7 @@ from quantlab.engine import checkpoint, distributed
 from quantlab.engine.rundir import RunDir
 from quantlab.engine.settings import TrainerSettings
 from quantlab.engine.trainer import Trainer
-from quantlab.errors import Interrupted
+from quantlab.errors import STOP_SIGNAL, Interrupted
 from quantlab.methods.base import Method
 from quantlab.runs.cmdline import shell_command
 from quantlab.runs.runlog import RunLog, flatten, numbers
@@ -98,6 +98,7 @@ class StopOnSignals:
         self.requeue: Any = None  # submitit's handler, called once the run stopped on its signal
 
     def __enter__(self) -> StopOnSignals:
+        STOP_SIGNAL.clear()  # this command's signals only
         if threading.current_thread() is threading.main_thread():  # e.g. not in joblib's threads
             signals = [*STOP_SIGNALS, *([self.requeue_signal] if self.requeue_signal else [])]
             self.previous = {s: signal.getsignal(s) for s in signals}
@@ -121,6 +122,7 @@ class StopOnSignals:
         if signum == self.requeue_signal:
             self.requeue = self.previous.get(signum)
         self.restore()
+        STOP_SIGNAL.append(signum)
         if self.trainer is not None and self.trainer.fitting:
             self.trainer.stop_requested = signum
         else:
