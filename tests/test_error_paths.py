@@ -127,6 +127,7 @@ def test_a_refused_resume_leaves_the_run_as_it_was(workdir, stopped_run):
     assert not (stopped_run / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_a_refused_checkpoint_creates_nothing(workdir, stopped_run):
     """Random bytes as a checkpoint: `init_from=`, `ptq`, `export` refuse it in one line that calls it
     corrupt, and create no run, ptq or export directory."""
@@ -225,7 +226,14 @@ def test_ptq_stopped_by_a_signal_is_interrupted_in_one_line(workdir, trained, si
 # -- 10. the data is checked before a run directory exists --------------------------------------------------
 
 
-@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "svhn", "mnist", "tinyimagenet", "imagenet"])
+@pytest.mark.parametrize(
+    "dataset",
+    [
+        "cifar10",
+        "imagenet",
+        *(pytest.param(d, marks=pytest.mark.slow) for d in ("cifar100", "svhn", "mnist", "tinyimagenet")),
+    ],
+)
 def test_a_dataset_missing_from_its_root_creates_no_run(workdir, dataset):
     empty = workdir / "empty"
     empty.mkdir()

@@ -311,6 +311,7 @@ def test_int32_bias_rounds_each_bias_to_its_accumulator_grid():
     assert torch.equal(dict(floats.named_modules())["0"].bias, plain_modules["0"].bias)
 
 
+@pytest.mark.slow
 def test_an_adaround_variant_is_exported_with_the_codes_the_sweep_learned(tmp_path):
     """Export asks the sweep for the variant's codes: with ptq.weight_rounding=adaround they are the
     learned ones (not round-to-nearest), checked bit for bit against the network it evaluates."""
