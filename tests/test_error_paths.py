@@ -35,6 +35,7 @@ def _lines(text: str) -> list[str]:
 # -- 1. a grid over methods sets a key only some of them have ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_grid_over_methods_sets_a_key_every_method_has(workdir):
     """`-m method=foothill,l1 method.strength=...`: both have it, both runs take it (the sweep's own
     config, composed with the default method, does not)."""
@@ -165,6 +166,7 @@ def _has_export() -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_a_resume_of_a_live_run_before_its_first_checkpoint_names_the_holder(workdir):
     run = workdir / "run"
     proc = start(

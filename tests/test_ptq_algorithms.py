@@ -52,6 +52,7 @@ def _layer_and_data(seed: int):
     return layer, x
 
 
+@pytest.mark.slow  # trains the digits network (CI's slow tests run it)
 def test_learned_rounding_ends_on_the_grid(digits_network):
     """The trained network's classifier at 3 bits, with the paper's λ and β schedule (3000 steps at
     learning rate 10⁻²): every h(V) ends within 10⁻³ of 0 or 1, and the hard codes are ⌊W/s⌋ or
@@ -110,6 +111,7 @@ def _sweep(network, pairs, calibration, test, **given):
     return {e["pair"]: e for e in run_sweep(network, pairs, ptq_defaults(**given), calibration, test).entries}
 
 
+@pytest.mark.slow  # trains the digits network (CI's slow tests run it)
 def test_adaround_beats_nearest_on_a_trained_digits_network(digits_network):
     """KL(float ‖ quant) and top-1 at w3a8 and w2a8 (the fast setting)."""
     pairs = [(3, 8), (2, 8)]
@@ -130,6 +132,7 @@ def test_adaround_beats_nearest_on_a_trained_digits_network(digits_network):
 # -- bias correction --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains the digits network (CI's slow tests run it)
 def test_bias_correction_zeroes_each_layers_mean_output_error(digits_network):
     """On the calibration images, every layer's per-channel mean output of the corrected w4a8
     network equals the float network's (to float rounding); without the correction it does not."""
