@@ -28,16 +28,9 @@ class DataBundle:
         return self.calib if self.calib is not None else self.train
 
     def checked(self, num_classes: int, in_channels: int, image_size: int) -> DataBundle:
-        """The bundle, once the facts its YAML states (what the models read) match it: a wrong one is
-        one ConfigError naming the key (they are facts of the dataset, not settings)."""
-        for key, given in (
-            ("num_classes", num_classes),
-            ("in_channels", in_channels),
-            ("image_size", image_size),
-        ):
-            fact = getattr(self, key)
-            if given != fact:
-                raise ConfigError(f"dataset.{key}={given}: {self.name} has {fact}")
+        """The bundle, once the facts its YAML states match it (check_facts)."""
+        stated = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+        check_facts(self.name, stated, {key: getattr(self, key) for key in stated})
         return self
 
     @property
@@ -121,3 +114,11 @@ class Transformed(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, Any]:
         image, label = self.base[self.indices[i]]
         return (self.transform(image) if self.transform is not None else image), label
+
+
+def check_facts(name: str, stated: dict[str, int], actual: dict[str, int]) -> None:
+    """The facts a dataset's YAML states (num_classes, in_channels, image_size: what the models read)
+    equal the dataset's own; a wrong one is one ConfigError naming the key (facts, not settings)."""
+    for key, given in stated.items():
+        if given != actual[key]:
+            raise ConfigError(f"dataset.{key}={given}: {name} has {actual[key]}")

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from quantlab.data.bundle import DataBundle, Validation
+from quantlab.data.bundle import DataBundle, Validation, check_facts
 from quantlab.data.vision import small_bundle
 from quantlab.errors import ConfigError
 
@@ -307,9 +307,8 @@ def glyphs(
     validation) and `num_test` test images, generated from `seed` and cached under `root`.
     Augmentation: random crop 32 pad 4 (no flip: digits). `num_classes`, `in_channels` and
     `image_size` are what the models read; they are facts of the dataset, not settings."""
-    DataBundle("glyphs", None, None, None, CLASSES, 3, SIZE).checked(  # type: ignore[arg-type]
-        num_classes, in_channels, image_size
-    )  # before anything is generated
+    stated = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    check_facts("glyphs", stated, {"num_classes": CLASSES, "in_channels": 3, "image_size": SIZE})
     for key, value in (("num_train", num_train), ("num_test", num_test)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % CLASSES:
             raise ConfigError(f"dataset.{key}={value!r}: must be a positive multiple of {CLASSES}")

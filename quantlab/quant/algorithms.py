@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.fx import GraphModule
+from torch.fx import GraphModule, Node
 
 from quantlab.quant.adaround import AdaRoundSettings, adaround_layer
 from quantlab.quant.equalize import equalize
 from quantlab.quant.layers import WEIGHT_LAYERS
+from quantlab.quant.sites import ActQuant
 from quantlab.quant.uniform import Codes, tensor_codes
 
 if TYPE_CHECKING:
@@ -67,14 +67,6 @@ def layer_inputs(model: nn.Module, name: str, images: Tensor, batch_size: int = 
     finally:
         handle.remove()
     return torch.cat(seen)
-
-
-def _output(layer: nn.Module, x: Tensor) -> Tensor:
-    if isinstance(layer, nn.Conv2d):
-        return F.conv2d(
-            x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups
-        )
-    return F.linear(x, layer.weight, layer.bias)
 
 
 # -- weight rounding -------------------------------------------------------------------------------------
@@ -134,25 +126,43 @@ class BiasCorrection:
     @torch.no_grad()
     def apply(self, build: Build) -> None:
         images = build.sweep.images
+        float_layers = dict(build.sweep.base.named_modules())
         for name, layer in build.layers():
-            float_layer = dict(build.sweep.base.named_modules())[name]
-            dims = [0, *range(2, 4)] if isinstance(layer, nn.Conv2d) else [0]
-            want = _output(float_layer, build.sweep.float_inputs(name, images)).mean(dims)
-            have = _output(layer, layer_inputs(build.model, name, images)).mean(dims)
+            dims = [0, 2, 3] if isinstance(layer, nn.Conv2d) else [0]
+            want = float_layers[name](build.sweep.float_inputs(name, images)).mean(dims)
+            have = layer(layer_inputs(build.model, name, images)).mean(dims)
             if layer.bias is None:
                 layer.bias = nn.Parameter(torch.zeros_like(want))
             layer.bias.add_(want - have)
 
 
 class Int32Bias:
-    """`ptq.bias=int32`: each bias on its accumulator grid s_x·s_w (sweep.round_biases_to_accumulator)."""
+    """`ptq.bias=int32`: each bias on its accumulator grid s_x·s_w (round_biases_to_accumulator)."""
 
     setting = "bias"
 
     def apply(self, build: Build) -> None:
-        from quantlab.quant.sweep import round_biases_to_accumulator
-
         round_biases_to_accumulator(build.model, build.codes)
+
+
+@torch.no_grad()
+def round_biases_to_accumulator(model: GraphModule, codes: dict[str, Codes]) -> list[str]:
+    """`ptq.bias=int32`: every conv / linear bias whose layer reads an activation grid, rounded (half
+    to even) to the accumulator grid s_x·s_w of its output channel, in place; returns those layers."""
+    modules = dict(model.named_modules())
+    rounded = []
+    for node in model.graph.nodes:
+        layer = modules.get(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(layer, WEIGHT_LAYERS) or layer.bias is None or str(node.target) not in codes:
+            continue
+        source = node.args[0]
+        quant = modules.get(str(source.target)) if isinstance(source, Node) else None
+        if not isinstance(quant, ActQuant) or quant.grid is None:
+            continue
+        step = codes[str(node.target)].scale.to(layer.bias.dtype) * quant.grid[0]
+        layer.bias.copy_(torch.round(layer.bias / step) * step)
+        rounded.append(str(node.target))
+    return rounded
 
 
 def corrections(build: Build) -> list[Any]:

@@ -35,13 +35,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.fx import GraphModule, Node, symbolic_trace
+from torch.fx import symbolic_trace
 
 from quantlab.errors import ConfigError
 from quantlab.quant.adaround import AdaRoundSettings
 from quantlab.quant.algorithms import ROUNDINGS, TRANSFORMS, Build, corrections, layer_inputs
 from quantlab.quant.fold import fold_batch_norm
-from quantlab.quant.layers import WEIGHT_LAYERS
 from quantlab.quant.pairs import Pair, check_bits
 from quantlab.quant.ranges import (
     Range,
@@ -183,26 +182,6 @@ def plan(
             modes = {"requantize": requantize, "ignore": ignore}
         planned.append(PlannedPair(w, a, modes))
     return planned
-
-
-@torch.no_grad()
-def round_biases_to_accumulator(model: GraphModule, codes: dict[str, Codes]) -> list[str]:
-    """`ptq.bias=int32`: every conv / linear bias whose layer reads an activation grid, rounded (half
-    to even) to the accumulator grid s_x·s_w of its output channel, in place; returns those layers."""
-    modules = dict(model.named_modules())
-    rounded = []
-    for node in model.graph.nodes:
-        layer = modules.get(str(node.target)) if node.op == "call_module" else None
-        if not isinstance(layer, WEIGHT_LAYERS) or layer.bias is None or str(node.target) not in codes:
-            continue
-        source = node.args[0]
-        quant = modules.get(str(source.target)) if isinstance(source, Node) else None
-        if not isinstance(quant, ActQuant) or quant.grid is None:
-            continue
-        step = codes[str(node.target)].scale.to(layer.bias.dtype) * quant.grid[0]
-        layer.bias.copy_(torch.round(layer.bias / step) * step)
-        rounded.append(str(node.target))
-    return rounded
 
 
 @dataclass

@@ -133,6 +133,7 @@ class FinishedRun:
     config: DictConfig
     results: dict[str, Any]
     which: str  # the checkpoint: best or last
+    state: dict[str, Any]  # that checkpoint, read once (safely) when the run is opened
 
     @classmethod
     def open(cls, run: Any, which: str = "best", allow_incomplete: bool = False) -> FinishedRun:
@@ -159,8 +160,8 @@ class FinishedRun:
                 f"run={run}: its status is {status}, not completed, so its network is not the run's "
                 "result; resume it first, or read it anyway with allow_incomplete=true"
             )
-        checkpoint.load(files.checkpoint(which))  # readable and safe, before anything is created
-        return cls(files, with_legacy_settings(files.load_config()), results, which)
+        state = checkpoint.load(files.checkpoint(which))  # readable and safe, before anything is created
+        return cls(files, with_legacy_settings(files.load_config()), results, which, state)
 
     def eval_batch_size(self, given: int | None = None) -> int:
         """The evaluation batch: `given`, else the run's trainer.eval_batch_size, else twice its
@@ -173,7 +174,7 @@ class FinishedRun:
         mode), the method and the checkpoint's step."""
         cfg = self.config
         model, method = build(cfg.model), build(cfg.method)
-        state = checkpoint.load(self.files.checkpoint(self.which), device)
+        state = self.state
         model = method.prepare(model.to(device))
         model.load_state_dict(state["model"])
         method.load_state_dict(state.get("method", {}))
