@@ -15,7 +15,7 @@ $(BIN)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet ".[dev,joblib,slurm,export]"
+	$(BIN)/pip install --quiet ".[dev,joblib,slurm,export,mlflow]"
 	touch $@
 
 # A normal (non-editable) install, refreshed whenever the sources change.

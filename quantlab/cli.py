@@ -19,6 +19,7 @@ commands:
            --paper <table> lays them out as a paper's table with its numbers beside ours
   plot     PNG figures of runs and grids: accuracy against PTQ bit-width, val accuracy and beta/lambda
   claims   the papers' claims measured on runs (effect, 95 % CI, verdict): claims.md, claims.json
+  track    upload runs and sweeps to MLflow after the fact (idempotent; logger=mlflow tracks live)
 
 examples:
   quantlab train                                   # the embedded default: digits, small_cnn, float
@@ -34,6 +35,8 @@ examples:
   quantlab table outputs/tables/md_t1 --paper md_t1
   quantlab plot outputs/train/multirun/<date> --rows method
   quantlab claims outputs/claims --paper md_t1:cifar10/resnet18,waveq_t6:svhn
+  quantlab train logger=mlflow                     # also an MLflow run (sqlite:///outputs/mlflow.db)
+  quantlab track outputs/train/multirun/<date>     # upload a sweep to MLflow afterwards
 """
 
 COMMANDS = {
@@ -46,6 +49,7 @@ COMMANDS = {
     "table": "quantlab.commands.table",
     "plot": "quantlab.commands.plot",
     "claims": "quantlab.commands.claims",
+    "track": "quantlab.commands.track",
 }
 
 

@@ -315,7 +315,8 @@ def test_a_multi_task_slurm_job_gets_its_ranks_from_slurm(tmp_path):
 def test_a_preempted_submitit_job_is_requeued_and_continues_from_last_pt(tmp_path):
     """submitit's preemption signal (USR2) to a sweep job: it stops at a step boundary with last.pt,
     submitit requeues it (the local executor: the same test path as SLURM's, a restart in place),
-    and the requeued job continues its run: the metrics of an uninterrupted run, two sessions."""
+    and the requeued job continues its run: the metrics of an uninterrupted run, two sessions, and
+    one MLflow run (logger=tensorboard_mlflow), FINISHED, without a step logged twice."""
     import os
     import signal
     import time
@@ -327,7 +328,7 @@ def test_a_preempted_submitit_job_is_requeued_and_continues_from_last_pt(tmp_pat
     quantlab("train", *RUN, f"hydra.run.dir={reference}", cwd=tmp_path)
     launcher = ["-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "quantlab", "train", *launcher, *RUN],
+        [sys.executable, "-m", "quantlab", "train", *launcher, *RUN, "logger=tensorboard_mlflow"],
         cwd=tmp_path,
         env=cli_env(tmp_path),
         stdout=subprocess.PIPE,
@@ -350,6 +351,15 @@ def test_a_preempted_submitit_job_is_requeued_and_continues_from_last_pt(tmp_pat
     assert (run / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
     log = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*.out"))
     assert "preempted" in log and "requeued" in log.lower(), log[-3000:]
+    from mlflow import MlflowClient
+
+    store = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    (tracked,) = store.search_runs([store.get_experiment_by_name("train/sweep").experiment_id])
+    assert (
+        tracked.info.run_id == results["tracking"]["mlflow"]["run_id"] and tracked.info.status == "FINISHED"
+    )
+    steps = [m.step for m in store.get_metric_history(tracked.info.run_id, "train/loss")]
+    assert len(steps) == len(set(steps)) and steps
 
 
 def test_trainer_devices_runs_the_command_under_torchrun(tmp_path):

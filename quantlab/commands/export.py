@@ -32,6 +32,7 @@ from quantlab.runs.export import Tolerance, check_network, export_network, expor
 from quantlab.runs.job import Job, launch, run_command
 from quantlab.runs.preflight import compose_checked, settled_dir
 from quantlab.runs.summary import print_export
+from quantlab.runs.tracking import derived_logger, require_extra_for, uploaded_after
 from quantlab.runs.training import StopOnSignals
 
 
@@ -56,7 +57,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     data = build(run_cfg.dataset)
     network, method, step = source.network(torch.device("cpu"))
     tolerance = Tolerance.from_config(cfg.tolerance)
-    with StopOnSignals():  # Ctrl-C / SIGTERM: one line, exit 130 / 143; model.onnx is written atomically
+    logger = derived_logger(cfg.get("logger"), source.results)  # MLflow: a run nested under the source's
+    with StopOnSignals(), uploaded_after(logger, job.dir):  # Ctrl-C / SIGTERM: exit 130 / 143
         record = export_network(
             network,
             method,
@@ -85,6 +87,7 @@ def export_args(args: list[str]) -> list[str]:
     line = CommandLine.parse(args)
     if line.runs_nothing:
         return args
+    require_extra_for(line)
     require_extra()
     if line.multirun:
         raise ConfigError("quantlab export: one run and one pair per command (no -m)")

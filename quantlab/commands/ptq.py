@@ -35,6 +35,7 @@ from quantlab.runs.results import recorded
 from quantlab.runs.runlog import RunLog
 from quantlab.runs.summary import print_sweep
 from quantlab.runs.sweep import record_sweep, sweep_network
+from quantlab.runs.tracking import derived_logger, require_extra_for, uploaded_after
 from quantlab.runs.training import StopOnSignals
 
 
@@ -48,7 +49,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         source_status=source.results.get("status", "unknown"),
         source_choices=source.results.get("choices", {}),
     )
-    with locked(job.dir), StopOnSignals(), recorded(job.files.results, results, job.started):
+    logger = derived_logger(cfg.get("logger"), source.results)
+    upload = uploaded_after(logger, job.dir)  # MLflow: a run nested under the source run's
+    with locked(job.dir), StopOnSignals(), upload, recorded(job.files.results, results, job.started):
         settings = PTQSettings.from_config(OmegaConf.to_container(cfg.ptq, resolve=True))
         run_cfg = source.config
         sweep = cfg.bitwidth.sweep if cfg.bitwidth.get("sweep") is not None else run_cfg.bitwidth.get("sweep")
@@ -65,7 +68,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         test_loader = make_loader(
             data.test, source.eval_batch_size(cfg.get("eval_batch_size")), train=False, device=device
         )
-        with RunLog(job.dir) as runlog:
+        with RunLog(job.dir, tensorboard=logger.tensorboard) as runlog:
             result = sweep_network(network, pairs, settings, data, test_loader, method, int(cfg.seed))
             swept = record_sweep(results, result, settings, pairs, runlog)
         metrics = {**{f"reference/{k}": v for k, v in result.reference.items()}, **swept}
@@ -83,6 +86,7 @@ def ptq_args(args: list[str]) -> list[str]:
     line = CommandLine.parse(args)
     if line.runs_nothing:
         return args
+    require_extra_for(line)
     which = line.text("checkpoint") or "best"
     allow = str(line.text("allow_incomplete") or "false").lower() == "true"
     for run in line.values("run") or [None]:

@@ -9,6 +9,7 @@ checkpoints/{last,best}.pt, exported.pt, metrics.jsonl, train.log and results.js
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,7 @@ from quantlab.engine.lock import locked
 from quantlab.errors import Interrupted
 from quantlab.quant.pairs import sweep_pairs
 from quantlab.quant.sweep import PTQSettings
+from quantlab.report.plots import write_run_plots
 from quantlab.runs.components import build, load_init
 from quantlab.runs.config import config_dir, prepare_train_config, resume_config
 from quantlab.runs.export import export_pairs, export_trained
@@ -31,6 +33,7 @@ from quantlab.runs.job import Job, launch, run_command
 from quantlab.runs.results import continued, recorded
 from quantlab.runs.summary import print_summary, print_sweep
 from quantlab.runs.sweep import record_sweep, sweep_network, wants_sweep
+from quantlab.runs.tracking import LoggerSettings, Tracker, tracked
 from quantlab.runs.training import (
     StopOnSignals,
     record_report,
@@ -63,12 +66,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             with distributed.peers_watched():
                 return train(cfg, job, results, resume, signals)
         watched = distributed.peers_watched()
-        with recorded(job.files.results, results, job.started), hinted(job, overrides), watched:
-            return train(cfg, job, results, resume, signals)
+        logger = LoggerSettings.from_config(cfg.logger)
+        plots = functools.partial(write_run_plots, job.dir)  # MLflow's artifacts, drawn as the run ends
+        with (
+            tracked(logger, job.dir, results, before_upload=plots) as tracker,
+            recorded(job.files.results, results, job.started),
+            hinted(job, overrides),
+            watched,
+        ):
+            return train(cfg, job, results, resume, signals, tracker)
 
 
 def train(
-    cfg: DictConfig, job: Job, results: dict[str, Any], resume: bool, signals: StopOnSignals
+    cfg: DictConfig,
+    job: Job,
+    results: dict[str, Any],
+    resume: bool,
+    signals: StopOnSignals,
+    tracker: Tracker | None = None,
 ) -> dict[str, Any]:
     """Build, train, test, sweep; fill `results` (written by the caller)."""
     main = distributed.ranks().main
@@ -79,7 +94,8 @@ def train(
     if cfg.get("init_from") and not resume:
         load_init(model, str(cfg.init_from))
     run_ptq, sweep = wants_sweep(ptq_settings, method.traits, pairs), None
-    with training(model, method, data, cfg, job.dir, resume, job.started, signals) as (trainer, runlog):
+    session = training(model, method, data, cfg, job.dir, resume, job.started, signals, tracker)
+    with session as (trainer, runlog):
         trainer.fit()
         trainer.end_parallel()
         if not main:

@@ -20,6 +20,7 @@ from quantlab.errors import ConfigError, MissingSetting, NothingToDo
 from quantlab.runs.cmdline import CommandLine, shell_command
 from quantlab.runs.config import override_key, resume_config
 from quantlab.runs.preflight import check_train, compose_checked, settled_dir
+from quantlab.runs.tracking import require_extra_for
 from quantlab.runs.training import start_mode
 
 
@@ -28,6 +29,7 @@ def train_args(args: list[str]) -> list[str]:
     line = CommandLine.parse(args)
     if line.runs_nothing:
         return args  # Hydra's own flags (--cfg, --help, --config-dir, ...): Hydra handles them
+    require_extra_for(line)
     resume = line.text("resume")
     if line.multirun:
         return sweep_args(line, resume)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from quantlab.engine.files import atomic_write
 from quantlab.engine.rundir import RunDir
-from quantlab.report.collect import Run, left_out, varying_keys
+from quantlab.report.collect import Run, find_runs, left_out, varying_keys
 from quantlab.report.tables import build_table
 
 ANNEALED = ("method/beta", "method/lambda", "method/lambda_q", "method/lam")
@@ -150,3 +150,19 @@ def plot_claims(measured: list, path: Path) -> Path:
     save_png(fig, path)
     plt.close(fig)
     return path
+
+
+def write_run_plots(run_dir: Path) -> list[Path]:
+    """One run's figures in <run>/plots/ (what MLflow keeps as the run's plots): curves.png (validation
+    accuracy, β or λ over steps) and ptq.png (accuracy against PTQ bit-width) where the run has them."""
+    runs = find_runs([Path(run_dir)])
+    written = []
+    for draw in (
+        lambda: plot_curves(runs, [], Path(run_dir) / "plots" / "curves.png"),
+        lambda: plot_ptq(runs, [], "acc", Path(run_dir) / "plots" / "ptq.png"),
+    ):
+        try:
+            written.append(draw())
+        except ValueError:  # nothing of that kind in the run
+            continue
+    return written

@@ -163,6 +163,13 @@ MACHINE_KEYS = (
     "trainer.devices",
     "trainer.compile",
     "trainer.channels_last",
+    # where the run's numbers are sent, not what it computes: a resume may switch MLflow on or move it
+    "logger",
+    "logger.tensorboard",
+    "logger.mlflow",
+    "logger.tracking_uri",
+    "logger.experiment",
+    "logger.artifact_location",
 )
 
 
@@ -191,6 +198,7 @@ LEGACY: tuple[tuple[str, str | None, str, Any], ...] = (
     ("ptq", None, "bias_correction", False),  # issue 28
     ("ptq", None, "equalize", False),  # issue 28
     ("ptq", None, "adaround", "today's"),  # issue 28: unused by such a run; conf/'s own values
+    ("", None, "logger", {"tensorboard": True, "mlflow": False}),  # issue 29: TensorBoard only
 )
 
 

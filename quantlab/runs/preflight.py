@@ -22,7 +22,9 @@ from quantlab.quant.sweep import PTQSettings
 from quantlab.runs.cmdline import CommandLine
 from quantlab.runs.components import build, load_init, not_taken, takes
 from quantlab.runs.config import compose, group_options, prepare_train_config
+from quantlab.runs.mlflow_store import require_extra
 from quantlab.runs.sweep import wants_sweep
+from quantlab.runs.tracking import LoggerSettings
 
 
 def hydra_error_line(error: Exception) -> str:
@@ -63,6 +65,8 @@ def check_train(overrides: list[str]) -> DictConfig:
     resolve_device(str(cfg.device))
     check_devices(cfg.trainer.get("devices", 1))
     check_exports(cfg, settings)
+    if LoggerSettings.from_config(cfg.logger).mlflow:  # e.g. an experiment preset that asks for it
+        require_extra("logger.mlflow=true")
     wants_sweep(settings, build(cfg.method, "method").traits, pairs)
     check_dataset_files(cfg.dataset)
     if cfg.get("init_from"):  # read now (safely), so that a refused checkpoint creates no run

@@ -1,4 +1,4 @@
-"""Where a run's numbers go: TensorBoard (tb/) and metrics.jsonl."""
+"""Where a run's numbers go: metrics.jsonl always, TensorBoard (tb/) and MLflow as `logger` says."""
 
 from __future__ import annotations
 
@@ -77,37 +77,57 @@ class MetricsLog:
 
 
 class RunLog:
-    """Scalars to TensorBoard and metrics.jsonl; histograms and hparams to TensorBoard."""
+    """Scalars to metrics.jsonl, to TensorBoard (unless `tensorboard` is false) and to a tracker
+    (runs.tracking.Tracker: `log(values, step)`; MLflow) when given; histograms and hparams to
+    TensorBoard."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None, position: int | None = None) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+    def __init__(
+        self,
+        run_dir: Path,
+        resume_step: int | None = None,
+        position: int | None = None,
+        tensorboard: bool = True,
+        tracker: Any | None = None,
+    ) -> None:
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step drops events an interrupted run wrote after its last checkpoint.
-        purge = None if resume_step is None else resume_step + 1
-        self.tb = SummaryWriter(str(RunDir(run_dir).tensorboard), purge_step=purge)
+            # purge_step drops events an interrupted run wrote after its last checkpoint.
+            purge = None if resume_step is None else resume_step + 1
+            self.tb = SummaryWriter(str(RunDir(run_dir).tensorboard), purge_step=purge)
         self.jsonl = MetricsLog(RunDir(run_dir).metrics, resume_step, position)
+        self.tracker = tracker
 
     def position(self) -> int:
         return self.jsonl.position()
 
     def scalars(self, values: dict[str, float], step: int, epoch: int) -> None:
-        for name, value in values.items():
-            self.tb.add_scalar(name, value, step)
+        if self.tb is not None:
+            for name, value in values.items():
+                self.tb.add_scalar(name, value, step)
         self.jsonl.write(step, epoch, values)
+        if self.tracker is not None:
+            self.tracker.log(values, step)
 
     def histograms(self, model: nn.Module, step: int, bins: int = 64) -> None:
         """Weight histograms with explicit equal-width bins (quantized weights pile up on few values)."""
+        if self.tb is None:
+            return
         for name, param in model.named_parameters():
             values = param.detach().float().cpu()
             if values.numel() > 1 and torch.isfinite(values).all():
                 self.tb.add_histogram(f"weights/{name}", values, step, bins=bins)
 
     def hparams(self, cfg: DictConfig, metrics: dict[str, Any]) -> None:
+        if self.tb is None:
+            return
         final = {f"hparam/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         self.tb.add_hparams(flatten(cfg), final, run_name=".")
 
     def close(self) -> None:
-        self.tb.close()
+        if self.tb is not None:
+            self.tb.close()
         self.jsonl.close()
 
     def __enter__(self) -> RunLog:

@@ -26,6 +26,7 @@ from quantlab.errors import STOP_SIGNAL, Interrupted
 from quantlab.methods.base import Method
 from quantlab.runs.cmdline import shell_command
 from quantlab.runs.runlog import RunLog, flatten, numbers
+from quantlab.runs.tracking import LoggerSettings, Tracker
 
 log = logging.getLogger("quantlab")
 
@@ -54,15 +55,19 @@ def training(
     resume: bool,
     started: float,
     signals: StopOnSignals | None = None,
+    tracker: Tracker | None = None,
 ) -> Iterator[tuple[Trainer, RunLog]]:
     """A Trainer for `cfg` writing into `run_dir`, and its RunLog (closed on leaving). With `resume`,
     both continue from checkpoints/last.pt: what was logged after it is dropped and logged again.
     `started` (perf_counter) is when this session began: its wall time adds to the run's; `signals`
-    (when given) stops the trainer at a step boundary."""
+    (when given) stops the trainer at a step boundary; `tracker` (when given) gets every logged scalar
+    (MLflow). TensorBoard is written unless `logger.tensorboard` is false."""
     state = checkpoint.load(RunDir(run_dir).last) if resume else None
     position = state.get("log_position") if state else None
     main = distributed.ranks().main  # other ranks of a distributed run write nothing
-    opened = RunLog(run_dir, state["clock"]["step"] if state else None, position) if main else None
+    tensorboard = LoggerSettings.from_config(cfg.logger).tensorboard
+    step = state["clock"]["step"] if state else None
+    opened = RunLog(run_dir, step, position, tensorboard, tracker) if main else None
     with opened or contextlib.nullcontext() as runlog:
         trainer = Trainer(model, method, data, TrainerSettings.from_config(cfg), run_dir, runlog)
         if state:
