@@ -69,10 +69,11 @@ def env_without_store(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory) -> Path:
-    """One default run (digits, float, its PTQ sweep) with logger=mlflow."""
+    """One default run (digits, float, its PTQ sweep, its ONNX export at w8a8) with logger=mlflow."""
     root = tmp_path_factory.mktemp("tracked")
     run = root / "outputs" / "run"
-    quantlab("train", "logger=mlflow", *FAST, f"hydra.run.dir={run}", cwd=root, env=env_without_store(root))
+    args = ["logger=mlflow", *FAST, "export=[w8a8]"]
+    quantlab("train", *args, f"hydra.run.dir={run}", cwd=root, env=env_without_store(root))
     return run
 
 
@@ -87,7 +88,7 @@ def test_a_run_is_one_mlflow_run_with_its_params_metrics_ptq_rows_and_artifacts(
     assert params["schedule.epochs"] == "3" and params["trainer.histogram_every"] == "1"
     assert params["choice.method"] == "float" and params["choice.model"] == "small_cnn"
     assert params["choice.dataset"] == "digits" and params["choice.bitwidth"] == "w8a8"
-    assert params["overrides"] == "logger=mlflow schedule.epochs=3 trainer.histogram_every=1"
+    assert params["overrides"] == "logger=mlflow schedule.epochs=3 trainer.histogram_every=1 export=[w8a8]"
     # every metrics.jsonl series, point for point, at the same steps
     series = jsonl_points(tracked_run)
     assert {"train/loss", "val/acc", "lr"} <= set(series)
@@ -105,13 +106,14 @@ def test_a_run_is_one_mlflow_run_with_its_params_metrics_ptq_rows_and_artifacts(
     assert tags["host"] == socket.gethostname() and tags.get("mlflow.source.git.commit")
     held = artifacts(c, mlrun.info.run_id)
     assert {"results.json", "config.yaml", "plots/curves.png", "plots/ptq.png"} <= held
+    assert {"export/w8a8/model.onnx", "export/w8a8/export.json"} <= held
     local = c.download_artifacts(mlrun.info.run_id, "results.json", str(root / "dl"))
     assert json.loads(Path(local).read_text())["tracking"]["mlflow"]["run_id"] == mlrun.info.run_id
     assert not (root / "mlruns").exists()  # artifacts beside the store, not in the working directory
     assert (root / "outputs" / "mlartifacts").is_dir()
 
 
-def test_quantlab_ptq_of_a_tracked_run_is_nested_under_it(tracked_run, tmp_path):
+def test_quantlab_ptq_and_export_of_a_tracked_run_are_nested_under_it(tracked_run, tmp_path):
     root = tracked_run.parent.parent
     out = tmp_path / "ptq"
     quantlab(
@@ -124,6 +126,18 @@ def test_quantlab_ptq_of_a_tracked_run_is_nested_under_it(tracked_run, tmp_path)
     assert child.data.tags["mlflow.parentRunId"] == parent and child.info.status == "FINISHED"
     assert child.data.metrics["ptq/w4a4/acc"] == pytest.approx(results(out)["ptq"][0]["acc"])
     assert child.data.tags["quantlab.source_run_dir"] == str(tracked_run)
+    exported = tmp_path / "export"
+    quantlab(
+        "export", f"run={tracked_run}", "bits=w4a4", f"hydra.run.dir={exported}", cwd=root,
+        env=env_without_store(root),
+    )  # fmt: skip
+    (child,) = [r for r in runs_of(c, "train") if r.data.tags.get("quantlab.command") == "export"]
+    assert child.data.tags["mlflow.parentRunId"] == parent and child.info.status == "FINISHED"
+    record = json.loads((exported / "export.json").read_text())
+    assert child.data.metrics["export/onnx_acc"] == pytest.approx(record["verification"]["onnx_acc"])
+    assert child.data.params["pair"] == "w4a4" and {"model.onnx", "export.json"} <= artifacts(
+        c, child.info.run_id
+    )
 
 
 def test_track_again_adds_nothing(tracked_run):
