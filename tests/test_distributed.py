@@ -90,6 +90,7 @@ def test_ranks_serve_the_halves_of_the_one_process_batches(tmp_path):
             assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y), overrides
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_kill_every_rank_then_resume_equals_an_uninterrupted_distributed_run(tmp_path):
     """(d) SIGKILL the whole torchrun group mid-run; the same command with resume= finishes it."""
     import os
@@ -158,6 +159,7 @@ FAMILIES = [
 ]
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_every_method_family_trains_on_two_ranks_and_exports_the_same_network(tmp_path):
     """(c) parametrizations, on_step projections and method state stay identical on every rank."""
     import socket
@@ -209,6 +211,7 @@ def _spawn(worker, *args) -> None:
     worker(0, 1, port, *args)  # the one-process reference, here
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_sync_bn_and_gradient_penalties_on_two_ranks_train_as_one_process(tmp_path):
     """(b) batch norm with trainer.sync_bn=true (statistics of the global batch), and gradient-L1/L2
     (a norm of the global batch's gradient, not the mean of the ranks' norms): 2 ranks × 16 train

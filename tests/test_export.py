@@ -87,7 +87,7 @@ DEPLOYED = (100 * 2 / 360, 99.0)  # the export's own rule on the 360 digits test
 CASES = [  # model, epochs on digits (trained: few test images on a decision boundary), w8a8, w4a4
     ("small_cnn", 30, STRICT, FOUR_BITS),
     ("lenet5", 30, STRICT, FOUR_BITS),
-    ("vgg_small", 5, STRICT, FOUR_BITS),
+    pytest.param("vgg_small", 5, STRICT, FOUR_BITS, marks=pytest.mark.slow),
     pytest.param("resnet18", 3, STRICT, FOUR_BITS, marks=pytest.mark.slow),
     pytest.param("mobilenetv2", 15, DEPLOYED, None, marks=pytest.mark.slow),
 ]
@@ -120,6 +120,7 @@ def test_onnxruntime_runs_the_export_as_quantlab_evaluates_it(tmp_path, model, e
         assert weight_types == ({"int8"} if pair[0] == 8 else {"int4"}), weight_types
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_a_binary_network_is_exported_with_its_exact_levels(tmp_path):
     """md_tanh_s: every conv / linear weight stored as ±1 (int4) with its scale; onnxruntime's
     outputs equal quantlab's (the weights are exact, activations on the 8-bit grid)."""
@@ -182,6 +183,7 @@ def test_adaptive_pooling_windows_match_torch():
         torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=0, atol=1e-6, msg=str(pool))
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_export_command_writes_a_verified_model_and_never_touches_the_run(tmp_path):
     """`quantlab train ... export=[w8a8]` exports at the end; `quantlab export run=... bits=...`
     writes model.onnx + export.json into a new directory and leaves the run as it was."""
@@ -240,6 +242,7 @@ def test_without_the_extra_the_command_says_how_to_install_it(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_a_mismatch_is_reported_with_its_status_and_exit_code(tmp_path):
     """A tolerance the export cannot meet (agreement above 100 %) is a mismatch: exit 1, the status
     in export.json, the numbers on one line."""

@@ -143,17 +143,16 @@ def test_quantlab_ptq_and_export_of_a_tracked_run_are_nested_under_it(tracked_ru
 def test_track_again_adds_nothing(tracked_run):
     root = tracked_run.parent.parent
     c = client(root)
-    before = {
-        r.info.run_id: r.data.metrics
-        for r in c.search_runs([c.get_experiment_by_name("train").experiment_id])
-    }
+    experiment = c.get_experiment_by_name("train").experiment_id
+
+    def state() -> dict:
+        found = c.search_runs([experiment])
+        return {r.info.run_id: (r.data.metrics, r.data.params, r.info.status, r.info.end_time) for r in found}
+
+    before = state()
     proc = quantlab("track", str(tracked_run), cwd=root, env=env_without_store(root))
     assert "(0 new metric points)" in proc.stdout
-    after = {
-        r.info.run_id: r.data.metrics
-        for r in c.search_runs([c.get_experiment_by_name("train").experiment_id])
-    }
-    assert after == before
+    assert state() == before  # nothing added, nothing changed: not even the end time
     run_id = results(tracked_run)["tracking"]["mlflow"]["run_id"]
     assert history(c, run_id, "train/loss") == sorted(jsonl_points(tracked_run)["train/loss"])
 
@@ -254,13 +253,7 @@ def test_logger_mlflow_without_the_extra_is_one_line_and_exit_2_before_anything_
     (hide / "sitecustomize.py").write_text("import sys\nsys.modules['mlflow'] = None  # not installed\n")
     env = cli_env(tmp_path)
     env["PYTHONPATH"] = os.pathsep.join([str(hide), env["PYTHONPATH"]])
-    commands = (
-        ["train", "logger=mlflow"],
-        ["train", "-m", "logger=tensorboard,mlflow", "seed=0,1"],
-        ["ptq", f"run={tmp_path / 'run'}", "logger=tensorboard_mlflow"],
-        ["track", str(tmp_path)],
-    )
-    for args in commands:
+    for args in (["train", "logger=mlflow"], ["track", str(tmp_path)]):
         proc = quantlab(*args, cwd=tmp_path, env=env, check=False)
         assert proc.returncode == 2, (args, proc.stderr)
         (line,) = [x for x in proc.stderr.splitlines() if x.strip()]
@@ -268,6 +261,35 @@ def test_logger_mlflow_without_the_extra_is_one_line_and_exit_2_before_anything_
     assert not (tmp_path / "outputs").exists()
     # the default logger needs nothing of MLflow
     quantlab("train", "schedule.epochs=1", cwd=tmp_path, env=env)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "logger=tensorboard,mlflow", "seed=0,1"],
+        ["logger=tensorboard_mlflow", "resume=auto", "hydra.run.dir=RUN"],
+        ["logger.mlflow=true"],
+    ],
+)
+def test_every_way_to_ask_for_mlflow_is_checked_before_anything_is_created(tmp_path, monkeypatch, args):
+    from quantlab.commands.export import export_args
+    from quantlab.commands.ptq import ptq_args
+    from quantlab.commands.train_checks import train_args
+    from quantlab.errors import ConfigError
+    from quantlab.runs import mlflow_store
+
+    monkeypatch.setattr(mlflow_store, "installed", lambda: False)
+    monkeypatch.setenv("QUANTLAB_OUTPUTS", str(tmp_path / "outputs"))
+    given = [a.replace("RUN", str(tmp_path / "run")) for a in args]
+    for guard, extra in (
+        (train_args, []),
+        (ptq_args, [f"run={tmp_path / 'run'}"]),
+        (export_args, ["bits=w8a8"]),
+    ):
+        with pytest.raises(ConfigError, match=r"pip install 'quantlab\[mlflow\]'") as refused:
+            guard([*extra, *given])
+        assert refused.value.exit_code == 2
+    assert not any(tmp_path.iterdir())
 
 
 def test_an_old_run_without_a_logger_resumes_with_tensorboard_only(tmp_path):

@@ -445,6 +445,7 @@ def test_resume_takes_the_new_data_root_and_refuses_experiment_changes(tmp_path,
         resume_config(compose(["dataset=cifar10", *changed]), run, changed)
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_a_run_whose_data_moved_resumes_on_the_command_line(workdir):
     from tests.fakedata import write_cifar10
 
@@ -554,6 +555,7 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused(workdir, interrupte
 # -- 11. an interrupted sweep resumes ----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_kill_a_sweep_during_job_2_then_resume_it_equals_an_uninterrupted_sweep(workdir):
     grid = ["-m", "seed=0,1,2,3", "schedule.epochs=4", "trainer.checkpoint_every_steps=5"]
     reference = workdir / "reference"

@@ -86,7 +86,7 @@ def created_once(uri: str) -> Iterator[None]:
     if not uri.startswith(prefix):
         yield
         return
-    with open(f"{uri[len(prefix):]}.lock", "a") as handle:
+    with open(f"{uri[len(prefix) :]}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -203,7 +203,11 @@ class MlflowStore:
         self.client.log_artifact(run_id, str(path), artifact_path=folder)
 
     def end(self, run_id: str, status: str) -> None:
-        """FINISHED, FAILED or KILLED (end time now); RUNNING leaves the run open."""
+        """FINISHED, FAILED or KILLED (end time now); RUNNING leaves the run open. A run that has that
+        status already is left as it is."""
+        info = self.client.get_run(run_id).info
+        if info.status == status and (status == "RUNNING" or info.end_time):
+            return  # ended so already (an upload again): its end time stays
         if status == "RUNNING":
             self.client.update_run(run_id, status="RUNNING")
         else:

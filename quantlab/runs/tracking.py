@@ -262,17 +262,23 @@ def parent_of(store: MlflowStore, source_run: str | None) -> tuple[str | None, s
 
 
 def open_run(
-    store: MlflowStore, run: RunFiles, experiment: str | None, artifact_location: str | None
+    store: MlflowStore,
+    run: RunFiles,
+    experiment: str | None,
+    artifact_location: str | None,
+    live: bool = False,
 ) -> Opened:
     """The MLflow run of `run`: the one results.json records (in this store), else the one tagged with
-    its directory, else a new one (nested under its source run's, for a ptq / export)."""
+    its directory, else a new one (nested under its source run's, for a ptq / export). `live`: a
+    session that continues the run (a resume) sets it RUNNING again; an upload after the fact does not."""
     recorded = (run.record.get("tracking") or {}).get("mlflow") or {}
     run_id = recorded.get("run_id")
     same_store = absolute_uri(str(recorded.get("tracking_uri", ""))) == store.uri
     if run_id and same_store and store.run_exists(run_id):
         experiment_id = store.experiment_of(run_id)
         name = store.experiment_name(experiment_id)
-        store.reopen(run_id)
+        if live:
+            store.reopen(run_id)
         return Opened(store, name, experiment_id, run_id, store.known_points(run_id))
     parent, parent_experiment = parent_of(store, run.source_run)
     name = experiment or default_experiment(run.command, run.path)
@@ -282,7 +288,8 @@ def open_run(
         experiment_id = store.experiment(name, artifact_location)
     found = store.find_run(experiment_id, str(run.path))
     if found:
-        store.reopen(found)
+        if live:
+            store.reopen(found)
         return Opened(store, name, experiment_id, found, store.known_points(found))
     tags = {
         "quantlab.run_dir": str(run.path),
@@ -351,7 +358,8 @@ class Tracker:
         try:
             store = MlflowStore(uri)
             run = RunFiles(self.run_dir, self.command, "running", results, {}, [], [], [])
-            self.opened = open_run(store, run, self.settings.experiment, self.settings.artifact_location)
+            location = self.settings.artifact_location
+            self.opened = open_run(store, run, self.settings.experiment, location, live=True)
             self.state = self.opened.record(self.git)
             store.set_tags(self.opened.run_id, {"quantlab.status": "running"})
         except Exception as e:  # noqa: BLE001 - any failure of the store: the run goes on untracked
