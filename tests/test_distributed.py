@@ -32,6 +32,7 @@ def _metrics(run_dir: Path) -> dict[str, float]:
     return json.loads((run_dir / "results.json").read_text())["metrics"]
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_two_ranks_of_half_the_batch_train_as_one_process_of_the_whole(tmp_path):
     """(a) no batch norm: the same final weights (float32 reduction order: atol 1e-5) and metrics."""
     one, two = tmp_path / "one", tmp_path / "two"
@@ -365,6 +366,7 @@ def test_a_preempted_submitit_job_is_requeued_and_continues_from_last_pt(tmp_pat
     assert len(steps) == len(set(steps)) and steps
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_trainer_devices_runs_the_command_under_torchrun(tmp_path):
     """`quantlab train trainer.devices=2` is the README's torchrun command: 2 processes, one run."""
     run = tmp_path / "run"

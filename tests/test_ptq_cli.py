@@ -88,6 +88,7 @@ def test_ptq_bad_input_one_line(finished_run, args, message):
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_ptq_needs_a_run_with_a_checkpoint(tmp_path):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.yaml").write_text("seed: 0\n")
@@ -100,6 +101,7 @@ def test_ptq_needs_a_run_with_a_checkpoint(tmp_path):
     assert not (tmp_path / "outputs").exists()  # nothing was created
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_binary_methods_skip_the_sweep_unless_asked(tmp_path):
     quantlab("train", *FAST, "method=md_tanh_s", "bitwidth=binary", "bitwidth.sweep=[[8,8]]", cwd=tmp_path)
     (run,) = run_dirs(tmp_path / "outputs")

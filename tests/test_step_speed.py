@@ -37,7 +37,7 @@ def close(a: list[float], b: list[float], first: float, rest: float) -> bool:
 FIRST_ORDER = [
     "method=float",
     "method=md_tanh_s",
-    "method=ste",  # w8a8: activation quantizers
+    pytest.param("method=ste", marks=pytest.mark.slow),  # w8a8: activation quantizers
     pytest.param("method=md_softmax_s,bitwidth=ternary", marks=pytest.mark.slow),
     pytest.param("method=pmf", marks=pytest.mark.slow),
     pytest.param("method=bc", marks=pytest.mark.slow),
@@ -138,6 +138,7 @@ def test_autocast_runs_train_and_report(amp, tmp_path):
     assert metrics["test/acc_exported"] > 50.0  # digits: ~90 % after two float epochs in float32
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_bad_step_settings_are_one_line_errors(tmp_path):
     for setting, field in (
         ("trainer.amp=fp8", "trainer.amp='fp8': must be false, bf16, fp16"),

@@ -95,6 +95,7 @@ def snapshot(run_dir: Path) -> dict[Path, bytes]:
 # -- exact resume (kept from before issue 14) ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_sigkill_then_resume_equals_uninterrupted(workdir, reference):
     killed = workdir / "killed"
     proc = start("train", *RUN, f"hydra.run.dir={killed}", cwd=workdir)
@@ -211,6 +212,7 @@ def test_no_checkpoint_with_non_finite_weights_replaces_a_finite_one(tmp_path):
 # -- 3. one writer per run directory ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_a_second_writer_or_a_resume_of_a_live_run_fails_at_once_naming_the_holder(workdir):
     run = workdir / "run"
     first = start("train", *RUN, "schedule.epochs=100", f"hydra.run.dir={run}", cwd=workdir)
@@ -278,6 +280,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
 # -- 4. status after signals and full disks -----------------------------------------------------------------
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_sigterm_then_resume_auto_equals_uninterrupted(workdir, reference, interrupted):
     source, code, err = interrupted
     assert code == 143 and "Traceback" not in err
@@ -534,6 +537,7 @@ class Payload:
         return (os.system, (f"touch {self.path}",))
 
 
+@pytest.mark.slow  # CI runs it (.ci/run); the default suite keeps under 10 minutes
 def test_a_checkpoint_whose_pickle_would_run_code_is_refused(workdir, interrupted):
     run = copy_run(interrupted[0], workdir / "run")
     witness = workdir / "pwned"
