@@ -193,6 +193,8 @@ def test_sigterm_then_resume_auto_is_one_finished_run_without_a_duplicate_step(t
     quantlab("train", "logger=mlflow", *RUN, "resume=auto", f"hydra.run.dir={run}", cwd=tmp_path, env=env)
     (mlrun,) = runs_of(c, "train")
     assert mlrun.info.run_id == stopped.info.run_id and mlrun.info.status == "FINISHED"
+    assert "SIGTERM" in stopped.data.tags["quantlab.error"] and "quantlab.error" not in mlrun.data.tags
+    assert mlrun.data.tags["quantlab.status"] == "completed"
     for key, points in jsonl_points(run).items():
         steps = [m.step for m in c.get_metric_history(mlrun.info.run_id, key)]
         assert len(steps) == len(set(steps)), f"{key}: a step logged twice"

@@ -199,6 +199,11 @@ class MlflowStore:
         if items:
             self.client.log_batch(run_id, tags=items)
 
+    def delete_tag(self, run_id: str, key: str) -> None:
+        """Remove tag `key` where the run has it."""
+        if key in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, key)
+
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path=folder)
 

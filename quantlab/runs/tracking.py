@@ -309,9 +309,9 @@ def run_name(run: RunFiles) -> str:
     return name if len(name) <= 200 else name[:197] + "..."
 
 
-def upload(opened: Opened, run: RunFiles, git: str | None, end: bool = True) -> int:
-    """Everything `run` holds into its MLflow run (what it holds already is skipped); with `end`, the
-    run's MLflow status set from results.json's. Returns the number of new metric points."""
+def upload(opened: Opened, run: RunFiles, git: str | None) -> int:
+    """Everything `run` holds into its MLflow run (what it holds already is skipped), and its MLflow
+    status set from results.json's. Returns the number of new metric points."""
     store, run_id = opened.store, opened.run_id
     store.log_params(run_id, run.params)
     new = store.log_points(run_id, run.points, opened.known)
@@ -322,11 +322,12 @@ def upload(opened: Opened, run: RunFiles, git: str | None, end: bool = True) -> 
     if git:
         tags["mlflow.source.git.commit"] = git
     store.set_tags(run_id, tags)
+    if not error:  # a resume completed what an earlier session left with an error
+        store.delete_tag(run_id, "quantlab.error")
     for path, folder in run.artifacts:
         if path.is_file():
             store.log_artifact(run_id, path, folder)
-    if end:
-        store.end(run_id, STATUS.get(run.status, "RUNNING"))
+    store.end(run_id, STATUS.get(run.status, "RUNNING"))
     return new
 
 
