@@ -20,7 +20,7 @@ from quantlab.engine.console import fail
 from quantlab.report.plots import write_run_plots
 from quantlab.runs.config import compose
 from quantlab.runs.mlflow_store import EXTRA, installed
-from quantlab.runs.tracking import one_line, run_dirs_under, track_run, track_settings
+from quantlab.runs.tracking import one_line, run_dirs_under, track_dir, track_settings
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             if (run / "metrics.jsonl").is_file() and not (run / "plots").is_dir():
                 write_run_plots(run)
-            opened, new = track_run(settings, run)
+            opened, new = track_dir(settings, run)
         except Exception as e:  # noqa: BLE001 - one line per run that could not be uploaded
             failed += 1
             print(

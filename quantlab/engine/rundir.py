@@ -129,6 +129,27 @@ class RunDir:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def metric_points(self) -> list[tuple[str, float, int]]:
+        """metrics.jsonl as (key, value, step) points, in the order logged; a line cut short by a
+        killed run is passed over, and so are values that are not numbers."""
+        try:
+            lines = self.metrics.read_text().splitlines()
+        except OSError:
+            return []
+        points: list[tuple[str, float, int]] = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            step = entry.get("step") if isinstance(entry, dict) else None
+            if step is None:
+                continue
+            for key, value in entry.items():
+                if key not in ("step", "epoch") and type(value) in (int, float):
+                    points.append((key, float(value), int(step)))
+        return points
+
     def status(self) -> str:
         return str(self.read_results().get("status", "unknown"))
 

@@ -3,7 +3,6 @@ validation accuracy with the annealed β or λ over training (`plot_curves`, fro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from quantlab.engine.files import atomic_write
@@ -71,18 +70,8 @@ def plot_ptq(runs: list[Run], rows: list[str] | None, metric: str, path: Path) -
 def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every numeric series of a run's metrics.jsonl, as (step, value) pairs."""
     series: dict[str, list[tuple[int, float]]] = {}
-    path = RunDir(run_dir).metrics
-    if not path.is_file():
-        return series
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed run
-        step = record.get("step")
-        for key, value in record.items():
-            if key not in ("step", "epoch") and isinstance(value, (int, float)) and step is not None:
-                series.setdefault(key, []).append((int(step), float(value)))
+    for key, value, step in RunDir(run_dir).metric_points():
+        series.setdefault(key, []).append((step, value))
     return series
 
 

@@ -43,7 +43,7 @@ from quantlab.engine.files import write_json_atomic
 from quantlab.engine.rundir import RunDir
 from quantlab.runs.cmdline import CommandLine
 from quantlab.runs.mlflow_store import MlflowStore, TrackingUnavailable, absolute_uri, require_extra
-from quantlab.runs.runlog import flatten
+from quantlab.runs.runlog import flatten, numbers
 
 log = logging.getLogger("quantlab")
 
@@ -127,35 +127,6 @@ class RunFiles:
     source_run: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def record_file(self) -> Path:
-        return self.path / ("export.json" if self.command == "export" else "results.json")
-
-
-def read_metrics(path: Path) -> list[tuple[str, float, int]]:
-    """metrics.jsonl as (key, value, step) points; a line cut short by a killed run is passed over."""
-    points: list[tuple[str, float, int]] = []
-    if not path.is_file():
-        return points
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        step = entry.get("step")
-        for key, value in entry.items():
-            if (
-                key not in ("step", "epoch")
-                and isinstance(value, (int, float))
-                and not isinstance(value, bool)
-            ):
-                points.append((key, float(value), int(step)))
-    return points
-
-
-def numeric(values: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
 
 def read_run(path: Path) -> RunFiles:
     """What `upload` sends of the directory `path`; ValueError when it holds no quantlab run."""
@@ -170,12 +141,12 @@ def read_run(path: Path) -> RunFiles:
     choices = results.get("choices") or results.get("source_choices") or {}
     params.update({f"choice.{k.split('@')[0]}": v for k, v in choices.items()})
     params["overrides"] = " ".join(results.get("overrides", [])) or "(none)"
-    points = read_metrics(files.metrics)
+    points = files.metric_points()
     last = max((step for _, _, step in points), default=0)
     logged = {key for key, _, _ in points}
-    final = [(k, v, last) for k, v in numeric(results.get("metrics", {})).items() if k not in logged]
+    final = [(k, v, last) for k, v in numbers(results.get("metrics", {})).items() if k not in logged]
     for entry in results.get("ptq") or []:
-        row = numeric({k: entry[k] for k in PTQ_ROW if k in entry})
+        row = numbers({k: entry[k] for k in PTQ_ROW if k in entry})
         final += [(f"ptq/{entry['pair']}/{k}", v, last) for k, v in row.items()]
     artifacts: list[tuple[Path, str | None]] = [(files.results, None)]
     artifacts += [(files.config, None)] if files.config.is_file() else []
@@ -212,7 +183,7 @@ def read_export(files: RunDir) -> RunFiles:
     params.update(flatten(record.get("ptq") or {}, "ptq."))
     params.update({f"choice.{k.split('@')[0]}": v for k, v in (source.get("choices") or {}).items()})
     params.update({"source.run": source.get("run"), "source.checkpoint": source.get("checkpoint")})
-    final = [(f"export/{k}", v, 0) for k, v in numeric(record.get("verification") or {}).items()]
+    final = [(f"export/{k}", v, 0) for k, v in numbers(record.get("verification") or {}).items()]
     artifacts = [(p, None) for p in (files.export_record, files.onnx) if p.is_file()]
     status = "completed" if record.get("status") == "verified" else "failed"
     tags = {"quantlab.export": str(record.get("status")), "host": socket.gethostname()}
@@ -233,7 +204,6 @@ class Opened:
     experiment_id: str
     run_id: str
     known: set[tuple[str, int]]
-    uploaded: int = 0  # metric points written by the last upload
 
     def record(self, git: str | None) -> dict[str, Any]:
         """results.json's `tracking.mlflow`."""
@@ -373,7 +343,7 @@ class Tracker:
         process had not sent is in metrics.jsonl, which the next upload (a resume, `track`) reads."""
         if self.opened is None:
             return
-        self.pending += [(k, v, step) for k, v in numeric(values).items()]
+        self.pending += [(k, v, step) for k, v in numbers(values).items()]
         if time.monotonic() - self.flushed >= FLUSH_SECONDS:
             self.flush()
 
@@ -451,9 +421,10 @@ def tracked(
 # -- after the fact: `quantlab track`, `quantlab ptq`, `quantlab export` ---------------------------------
 
 
-def track_dir(settings: LoggerSettings, path: Path) -> Opened:
-    """Upload the run (or export) in `path`; its results.json records the MLflow run. Raises the
-    store's errors and ValueError for a directory without a run."""
+def track_dir(settings: LoggerSettings, path: Path) -> tuple[Opened, int]:
+    """Upload the run (or export) in `path`; its results.json records the MLflow run (before the
+    upload, which sends results.json as an artifact). Returns the MLflow run and the number of metric
+    points it did not hold yet; raises the store's errors and ValueError for a directory without a run."""
     run = read_run(path)
     store = MlflowStore(str(settings.tracking_uri))
     opened = open_run(store, run, settings.experiment, settings.artifact_location)
@@ -465,8 +436,7 @@ def track_dir(settings: LoggerSettings, path: Path) -> Opened:
         if previous != state:
             results.setdefault("tracking", {})["mlflow"] = state
             write_json_atomic(RunDir(path).results, results)
-    opened.uploaded = upload(opened, read_run(path), git)
-    return opened
+    return opened, upload(opened, run, git)
 
 
 def require_extra_for(line: CommandLine) -> None:
@@ -499,7 +469,7 @@ def uploaded_after(settings: LoggerSettings, run_dir: Path) -> Iterator[None]:
     finally:
         if settings.mlflow and (RunDir(run_dir).results.is_file() or RunDir(run_dir).export_record.is_file()):
             try:
-                opened = track_dir(settings, Path(run_dir))
+                opened, _ = track_dir(settings, Path(run_dir))
                 log.info(
                     f"MLflow: run {opened.run_id} in experiment {opened.experiment!r} ({opened.store.uri})"
                 )
@@ -540,10 +510,3 @@ def run_dirs_under(path: Path) -> list[Path]:
     for child in sorted(p for p in files.path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         found += run_dirs_under(child)
     return found
-
-
-def track_run(settings: LoggerSettings, run_dir: Path) -> tuple[Opened, int]:
-    """`quantlab track` of one run: its MLflow run (recorded in results.json) and the number of metric
-    points it did not hold yet."""
-    opened = track_dir(settings, run_dir)
-    return opened, opened.uploaded
